@@ -1,0 +1,1 @@
+"""Subcommands of the `beit3` CLI, one module each (see `flows.cli`)."""
