@@ -51,7 +51,7 @@ class LoadReport:
             logger.info("%s: vision positions interpolated from a %d^2 to a %d^2 grid", path, *self.interpolated)
         if self.ignored_keys:
             heads = sorted({k.split(".")[0] for k in self.ignored_keys})
-            logger.info("%s: ignored %d keys not used by this model (%s)", path, len(self.ignored_keys), ", ".join(heads))
+            logger.info("%s: ignored %d unused keys (%s)", path, len(self.ignored_keys), ", ".join(heads))
 
 
 def read_released_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
@@ -118,8 +118,9 @@ def load_released_state_dict(
             del weights[key]
 
     if VISION_POSITIONS_KEY in weights:
-        old_rows = weights[VISION_POSITIONS_KEY].shape[0]
-        weights[VISION_POSITIONS_KEY] = interpolate_vision_positions(weights[VISION_POSITIONS_KEY], backbone.num_patches)
+        table = weights[VISION_POSITIONS_KEY]
+        weights[VISION_POSITIONS_KEY] = interpolate_vision_positions(table, backbone.num_patches)
+        old_rows = table.shape[0]
         if old_rows != weights[VISION_POSITIONS_KEY].shape[0]:
             report.interpolated = (int((old_rows - 3) ** 0.5), backbone.config.grid_size)
 

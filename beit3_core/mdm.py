@@ -17,7 +17,7 @@ from torch import nn
 
 from beit3_core.config import BEiT3Config
 from beit3_core.masking import IGNORE_INDEX
-from beit3_core.model import BEiT3, no_weight_decay_parameters
+from beit3_core.model import BEiT3, no_weight_decay_parameters, trunc_normal_one_sigma_
 
 STREAM_KINDS = ("image", "text", "pair_image", "pair_text")
 
@@ -77,7 +77,8 @@ class MDMBatch:
         return (self.image, self.text, self.pair)
 
     def num_samples(self) -> dict[str, int]:
-        return {name: s.batch_size for name, s in zip(("image", "text", "pair"), self.streams()) if s is not None}
+        kinds = ("image", "text", "pair")
+        return {kind: s.batch_size for kind, s in zip(kinds, self.streams(), strict=True) if s is not None}
 
 
 class BEiT3ForMDM(nn.Module):
@@ -96,7 +97,7 @@ class BEiT3ForMDM(nn.Module):
         self.mim_head = nn.Linear(config.embed_dim, config.visual_vocab_size)
         self.mlm_head = nn.Linear(config.embed_dim, config.vocab_size)
         for head in (self.mim_head, self.mlm_head):
-            nn.init.trunc_normal_(head.weight, std=0.02, a=-0.02, b=0.02)
+            trunc_normal_one_sigma_(head.weight, std=0.02)
             nn.init.zeros_(head.bias)
 
     def forward(self, batch: MDMBatch) -> dict[str, torch.Tensor]:

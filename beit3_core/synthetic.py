@@ -69,7 +69,7 @@ class SyntheticMDMData:
         lengths = self.rng.integers(self.text_len // 2, self.text_len - 1, size=batch_size)
         starts = self.rng.integers(FIRST_REGULAR_ID, FIRST_REGULAR_ID + 4 * self.text_len, size=batch_size)
         steps = self.rng.integers(1, 3, size=batch_size)
-        pieces = [list(range(s, s + st * n, st))[:n] for s, st, n in zip(starts, steps, lengths - 2)]
+        pieces = [list(range(s, s + st * n, st))[:n] for s, st, n in zip(starts, steps, lengths - 2, strict=True)]
         return TextStream(*self._mask(pieces, self.text_mask_ratio))
 
     def _pairs(self, batch_size: int) -> PairStream:
