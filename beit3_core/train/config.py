@@ -1,0 +1,225 @@
+"""Pretraining configuration: one typed tree, named recipes, YAML files that override a recipe.
+
+A YAML file names a recipe and overrides any field, e.g.
+
+    recipe: tiny_cpu
+    data: {shards: runs/demo/shards}
+    optim: {lr: 5.0e-4}
+"""
+
+import dataclasses
+import hashlib
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import yaml
+
+
+@dataclass
+class ModelSection:
+    name: str = "beit3_tiny"
+    overrides: dict = field(default_factory=dict)
+    """BEiT3Config fields, e.g. {vocab_size: 8002, visual_vocab_size: 1024}; filled from the shards if absent."""
+    init_checkpoint: str | None = None
+    """A released `.pth` (with mim/mlm heads) or one of our safetensors files to continue from."""
+    drop_path_rate: float = 0.1
+    grad_checkpointing: bool = False
+
+
+@dataclass
+class DataSection:
+    shards: str = ""
+    """Folder of preprocessed shards (with manifest.json)."""
+    images_per_step: int = 8
+    texts_per_step: int = 8
+    pairs_per_step: int = 8
+    """Per-rank batch sizes of each stream kind; the paper uses equal thirds."""
+    text_len: int = 64
+    pair_text_len: int = 64
+    image_mask_ratio: float = 0.4
+    text_mask_ratio: float = 0.15
+    pair_text_mask_ratio: float = 0.5
+    num_workers: int = 1
+    """DataLoader worker processes per rank (0 = load in the training process)."""
+    prefetch_factor: int = 4
+    shuffle_buffer: int = 512
+    on_bad_shard: str = "error"
+    """"error": stop naming the shard; "skip": count, log and skip it."""
+
+
+@dataclass
+class OptimSection:
+    lr: float = 1e-3
+    min_lr: float = 1e-5
+    weight_decay: float = 0.05
+    betas: tuple[float, float] = (0.9, 0.98)
+    eps: float = 1e-6
+    warmup_steps: int = 10
+    grad_clip: float = 3.0
+    grad_accum_steps: int = 1
+
+
+@dataclass
+class RunSection:
+    steps: int = 100
+    seed: int = 0
+    checkpoint_every: int = 25
+    keep_checkpoints: int = 2
+    log_every: int = 5
+    num_workers: int = 2
+    """Ray Train workers (ranks)."""
+    use_gpu: bool = False
+    cpus_per_worker: float = 1.0
+    strategy: str = "ddp"
+    """"ddp" or "fsdp" (GPU only; for large and giant)."""
+    bf16: bool = True
+    """bf16 autocast on GPU (ignored on CPU)."""
+    max_failures: int = 2
+    ray_address: str | None = None
+    """None = a local Ray started for the run (or RAY_ADDRESS from the environment)."""
+    storage_path: str = "runs/pretrain"
+    """Local folder or a pyarrow/fsspec URI (s3://, gs://, ...) shared by all nodes."""
+    name: str | None = None
+    """Ray run name; default: pretrain-<config hash>-<timestamp>, so a new run never resumes an old one."""
+    mlflow_tracking_uri: str | None = None
+    """Default: MLFLOW_TRACKING_URI, else sqlite:///<storage_path>/mlflow.db."""
+    mlflow_experiment: str = "beit3-pretrain"
+    fault_injection: dict = field(default_factory=dict)
+    """Tests only: {"kill_rank": r, "at_step": s, "marker": path} SIGKILLs that worker once."""
+
+
+@dataclass
+class PretrainConfig:
+    model: ModelSection = field(default_factory=ModelSection)
+    data: DataSection = field(default_factory=DataSection)
+    optim: OptimSection = field(default_factory=OptimSection)
+    run: RunSection = field(default_factory=RunSection)
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+    def flat(self) -> dict[str, str]:
+        """`section.field` -> value, for MLflow params."""
+        return {
+            f"{s}.{k}": json.dumps(v) if isinstance(v, dict | list | tuple) else str(v)
+            for s, section in self.to_dict().items()
+            for k, v in section.items()
+        }
+
+    def fingerprint(self) -> str:
+        """Hash of everything that shapes the training result (not where it is stored or logged)."""
+        d = self.to_dict()
+        for volatile in (
+            "name",
+            "storage_path",
+            "mlflow_tracking_uri",
+            "mlflow_experiment",
+            "ray_address",
+            "fault_injection",
+            "max_failures",
+        ):
+            d["run"].pop(volatile)
+        return hashlib.sha256(json.dumps(d, sort_keys=True).encode()).hexdigest()[:12]
+
+
+RECIPES: dict[str, dict] = {
+    # 2 CPU cores: the tiny model, small batches, short warmup.
+    "tiny_cpu": {
+        "model": {"name": "beit3_tiny", "drop_path_rate": 0.0},
+        "data": {
+            "images_per_step": 8,
+            "texts_per_step": 8,
+            "pairs_per_step": 8,
+            "text_len": 48,
+            "pair_text_len": 32,
+            "num_workers": 1,
+        },
+        "optim": {"lr": 1e-3, "warmup_steps": 20, "weight_decay": 0.05},
+        "run": {"steps": 300, "num_workers": 2, "checkpoint_every": 50, "log_every": 10},
+    },
+    # The paper's recipe at base size: per-rank thirds of 2048 / world size, peak lr 1e-3, 10k warmup.
+    "base": {
+        "model": {"name": "beit3_base_patch16_224", "drop_path_rate": 0.1},
+        "data": {
+            "images_per_step": 64,
+            "texts_per_step": 64,
+            "pairs_per_step": 64,
+            "text_len": 128,
+            "pair_text_len": 64,
+            "num_workers": 6,
+        },
+        "optim": {"lr": 1e-3, "warmup_steps": 10000, "grad_clip": 3.0},
+        "run": {
+            "steps": 1_000_000,
+            "use_gpu": True,
+            "checkpoint_every": 2000,
+            "keep_checkpoints": 3,
+            "log_every": 50,
+            "num_workers": 8,
+        },
+    },
+    "large": {
+        "model": {"name": "beit3_large_patch16_224", "drop_path_rate": 0.1, "grad_checkpointing": True},
+        "data": {
+            "images_per_step": 32,
+            "texts_per_step": 32,
+            "pairs_per_step": 32,
+            "text_len": 128,
+            "pair_text_len": 64,
+            "num_workers": 6,
+        },
+        "optim": {"lr": 1e-3, "warmup_steps": 10000, "grad_clip": 3.0},
+        "run": {
+            "steps": 1_000_000,
+            "use_gpu": True,
+            "strategy": "fsdp",
+            "checkpoint_every": 2000,
+            "keep_checkpoints": 3,
+            "log_every": 50,
+            "num_workers": 16,
+        },
+    },
+}
+
+
+def build_config(recipe: str = "tiny_cpu", overrides: dict | None = None) -> PretrainConfig:
+    """A recipe with nested `overrides` applied; unknown sections or fields are errors."""
+    if recipe not in RECIPES:
+        raise KeyError(f"unknown pretraining recipe {recipe!r}; known: {', '.join(RECIPES)}")
+    merged = _merge(RECIPES[recipe], overrides or {})
+    sections = {f.name: f.type for f in dataclasses.fields(PretrainConfig)}
+    unknown = set(merged) - set(sections)
+    if unknown:
+        raise ValueError(f"unknown config sections {sorted(unknown)}; known: {sorted(sections)}")
+    built = {}
+    for name, section_cls in ((f.name, f.default_factory) for f in dataclasses.fields(PretrainConfig)):
+        values = merged.get(name, {})
+        known = {f.name for f in dataclasses.fields(section_cls)}
+        bad = set(values) - known
+        if bad:
+            raise ValueError(f"unknown fields in section {name!r}: {sorted(bad)}; known: {sorted(known)}")
+        if "betas" in values:
+            values = values | {"betas": tuple(values["betas"])}
+        built[name] = section_cls(**values)
+    return PretrainConfig(**built)
+
+
+def load_config(path: str | Path, overrides: dict | None = None) -> PretrainConfig:
+    """Read a YAML file (`recipe:` plus section overrides); relative data paths resolve against the file."""
+    path = Path(path)
+    raw = yaml.safe_load(path.read_text()) or {}
+    if not isinstance(raw, dict):
+        raise ValueError(f"{path}: expected a mapping at the top level")
+    recipe = raw.pop("recipe", "tiny_cpu")
+    config = build_config(recipe, _merge(raw, overrides or {}))
+    if config.data.shards not in ("", "synthetic") and not Path(config.data.shards).is_absolute():
+        config.data.shards = str((path.parent / config.data.shards).resolve())
+    return config
+
+
+def _merge(base: dict, update: dict) -> dict:
+    out = dict(base)
+    for key, value in update.items():
+        out[key] = _merge(out[key], value) if isinstance(value, dict) and isinstance(out.get(key), dict) else value
+    return out

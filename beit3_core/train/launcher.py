@@ -1,0 +1,217 @@
+"""Driver side of pretraining: resolve the model config, open the MLflow run, run Ray Train, export the result.
+
+Run names: a new run gets `pretrain-<config hash>-<timestamp>` (or `run.name`), and starting a run whose
+name already exists in the storage path is an error: Ray Train resumes any run it finds under the same name,
+so reusing a name by accident would silently continue an unrelated run. `resume=NAME` continues a run on
+purpose, after checking that its config hash matches.
+"""
+
+import json
+import logging
+import os
+import shutil
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from beit3_core.checkpoint import export_released_checkpoint, load_checkpoint
+from beit3_core.config import get_config
+from beit3_core.train.config import PretrainConfig
+from beit3_core.train.streams import SYNTHETIC, read_shard_refs
+
+logger = logging.getLogger(__name__)
+
+RUN_INFO = "run_info.json"
+
+
+@dataclass
+class PretrainResult:
+    run_name: str
+    run_dir: Path
+    mlflow_run_id: str
+    tracking_uri: str
+    final_checkpoint: Path
+    released_checkpoint: Path
+    metrics: dict
+
+
+def resolve_model_config(cfg: PretrainConfig) -> tuple[dict, dict]:
+    """(BEiT3Config dict, data info) for the run: vocabulary sizes and the mask id come from the shards."""
+    overrides = dict(cfg.model.overrides)
+    overrides |= {"drop_path_rate": cfg.model.drop_path_rate, "grad_checkpointing": cfg.model.grad_checkpointing}
+    if cfg.data.shards == SYNTHETIC:
+        overrides = {"vocab_size": 1024, "visual_vocab_size": 64} | overrides
+        config = get_config(cfg.model.name, **overrides)
+        return config.to_dict(), {"mask_id": config.vocab_size - 1}
+    _, manifest = read_shard_refs(cfg.data.shards)
+    text, visual = manifest["text_tokenizer"], manifest["visual_tokenizer"]
+    overrides = {"vocab_size": text["vocab_size"], "visual_vocab_size": visual["num_codes"]} | overrides
+    config = get_config(cfg.model.name, **overrides)
+    if visual["grid_size"] != config.grid_size:
+        raise ValueError(
+            f"shards hold a {visual['grid_size']}^2 token grid, {cfg.model.name} has a {config.grid_size}^2 patch grid"
+        )
+    if text["mask_id"] >= config.vocab_size:
+        raise ValueError(f"text <mask> id {text['mask_id']} outside the model vocabulary of {config.vocab_size}")
+    return config.to_dict(), {"mask_id": text["mask_id"]}
+
+
+def _tracking_uri(cfg: PretrainConfig, storage: Path) -> str:
+    return cfg.run.mlflow_tracking_uri or os.environ.get("MLFLOW_TRACKING_URI") or f"sqlite:///{storage}/mlflow.db"
+
+
+def _start_ray(cfg: PretrainConfig) -> None:
+    import ray
+
+    os.environ.setdefault("RAY_AUTH_MODE", "disabled")
+    if ray.is_initialized():
+        return
+    address = cfg.run.ray_address or os.environ.get("RAY_ADDRESS")
+    if address:
+        ray.init(address=address, log_to_driver=False)
+        return
+    # One logical CPU beyond the workers, so Ray's own tasks never starve the training actors.
+    num_cpus = int(cfg.run.num_workers * cfg.run.cpus_per_worker) + 1
+    ray.init(
+        address="local", num_cpus=num_cpus, include_dashboard=False, log_to_driver=False, object_store_memory=1 << 30
+    )
+
+
+def _open_mlflow_run(
+    cfg: PretrainConfig,
+    tracking_uri: str,
+    storage: Path,
+    run_name: str,
+    model_config: dict,
+    existing_run_id: str | None,
+) -> str:
+    import mlflow
+
+    client = mlflow.MlflowClient(tracking_uri=tracking_uri)
+    experiment = client.get_experiment_by_name(cfg.run.mlflow_experiment)
+    if experiment is None:
+        location = (storage / "mlartifacts").as_uri() if tracking_uri.startswith("sqlite") else None
+        experiment_id = client.create_experiment(cfg.run.mlflow_experiment, artifact_location=location)
+    else:
+        experiment_id = experiment.experiment_id
+    if existing_run_id:
+        client.update_run(existing_run_id, status="RUNNING")
+        return existing_run_id
+    run = client.create_run(
+        experiment_id, run_name=run_name, tags={"beit3.step": "pretrain", "beit3.config_hash": cfg.fingerprint()}
+    )
+    params = cfg.flat() | {f"model_config.{k}": str(v) for k, v in model_config.items()}
+    from mlflow.entities import Param
+
+    items = [Param(k, v[:6000]) for k, v in params.items()]
+    for i in range(0, len(items), 100):
+        client.log_batch(run.info.run_id, params=items[i : i + 100])
+    return run.info.run_id
+
+
+def run_pretraining(cfg: PretrainConfig, resume: str | None = None) -> PretrainResult:
+    """Pretrain with Ray Train as configured; `resume` names an earlier run (in the same storage) to continue."""
+    import mlflow
+    from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
+    from ray.train.torch import TorchTrainer
+
+    from beit3_core.train.loop import train_loop_per_worker
+
+    storage = Path(cfg.run.storage_path).resolve()
+    model_config, data_info = resolve_model_config(cfg)
+    if resume:
+        run_name = resume
+        info_path = storage / run_name / RUN_INFO
+        if not info_path.is_file():
+            raise FileNotFoundError(f"cannot resume {run_name!r}: no {RUN_INFO} under {storage / run_name}")
+        info = json.loads(info_path.read_text())
+        if info["config_hash"] != cfg.fingerprint():
+            raise ValueError(
+                f"cannot resume {run_name!r}: it was started with another config "
+                f"(hash {info['config_hash']}, now {cfg.fingerprint()})"
+            )
+    else:
+        run_name = cfg.run.name or f"pretrain-{cfg.fingerprint()}-{time.strftime('%Y%m%d-%H%M%S')}"
+        if (storage / run_name).exists():
+            raise FileExistsError(f"run {run_name!r} already exists in {storage}; resume it explicitly or rename")
+        info = {}
+    run_dir = storage / run_name
+    tracking_uri = _tracking_uri(cfg, storage)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    mlflow_run_id = _open_mlflow_run(cfg, tracking_uri, storage, run_name, model_config, info.get("mlflow_run_id"))
+    info = {
+        "config_hash": cfg.fingerprint(),
+        "config": cfg.to_dict(),
+        "mlflow_run_id": mlflow_run_id,
+        "tracking_uri": tracking_uri,
+        "model_config": model_config,
+    }
+    (run_dir / RUN_INFO).write_text(json.dumps(info, indent=2))
+
+    _start_ray(cfg)
+    trainer = TorchTrainer(
+        train_loop_per_worker,
+        train_loop_config={
+            "config": cfg.to_dict(),
+            "model_config": model_config,
+            "data_info": data_info,
+            "mlflow_run_id": mlflow_run_id,
+            "tracking_uri": tracking_uri,
+        },
+        scaling_config=ScalingConfig(
+            num_workers=cfg.run.num_workers,
+            use_gpu=cfg.run.use_gpu,
+            resources_per_worker={"CPU": cfg.run.cpus_per_worker},
+        ),
+        run_config=RunConfig(
+            name=run_name,
+            storage_path=str(storage),
+            failure_config=FailureConfig(max_failures=cfg.run.max_failures),
+            checkpoint_config=CheckpointConfig(num_to_keep=cfg.run.keep_checkpoints),
+        ),
+    )
+    client = mlflow.MlflowClient(tracking_uri=tracking_uri)
+    try:
+        result = trainer.fit()
+        if result.error is not None:
+            raise result.error
+        final_dir = run_dir / "final"
+        with result.checkpoint.as_directory() as folder:
+            final_dir.mkdir(exist_ok=True)
+            shutil.copy2(Path(folder) / "model.safetensors", final_dir / "model.safetensors")
+            shutil.copy2(Path(folder) / "train_state.json", final_dir / "train_state.json")
+        model = load_checkpoint(final_dir / "model.safetensors")
+        released = export_released_checkpoint(model, final_dir / "model_released_layout.pth")
+        _log_artifacts(client, mlflow_run_id, cfg, model, data_info, final_dir)
+        client.set_terminated(mlflow_run_id, "FINISHED")
+    except BaseException:
+        client.set_terminated(mlflow_run_id, "FAILED")
+        raise
+    return PretrainResult(
+        run_name,
+        run_dir,
+        mlflow_run_id,
+        tracking_uri,
+        final_dir / "model.safetensors",
+        released,
+        dict(result.metrics or {}),
+    )
+
+
+def _log_artifacts(client, run_id: str, cfg: PretrainConfig, model, data_info: dict, final_dir: Path) -> None:
+    import yaml
+
+    from beit3_core.train.streams import StepBatches
+    from beit3_core.train.visualize import masked_prediction_grid
+
+    with tempfile.TemporaryDirectory() as tmp:
+        config_path = Path(tmp) / "pretrain_config.yaml"
+        config_path.write_text(yaml.safe_dump(cfg.to_dict(), sort_keys=False))
+        client.log_artifact(run_id, str(config_path))
+        batch = next(iter(StepBatches(cfg, model.config.to_dict(), data_info, rank=0, world_size=1, start_step=0)))
+        stream = batch.image or batch.pair
+        if stream is not None:
+            png = masked_prediction_grid(model, stream, Path(tmp) / "masked_predictions.png")
+            client.log_artifact(run_id, str(png))
+    client.log_artifact(run_id, str(final_dir / "model.safetensors"), artifact_path="checkpoint")

@@ -1,0 +1,143 @@
+"""The per-worker MDM training loop run by Ray Train (one process per rank).
+
+Exactness: the batch of step s on rank r is a pure function of (seed, s, r), and drop path is reseeded per
+step, so a run restored from a checkpoint at step c redoes steps c+1.. exactly as an uninterrupted run would:
+nothing is skipped and nothing is seen twice.
+"""
+
+import contextlib
+import logging
+import os
+import signal
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+
+from beit3_core.mdm import BEiT3ForMDM
+from beit3_core.optim import build_adamw
+from beit3_core.train.checkpointing import load_training_state, save_training_state
+from beit3_core.train.config import PretrainConfig, build_config
+from beit3_core.train.metrics import StepMeter
+from beit3_core.train.model_setup import build_pretraining_model, parallelize
+from beit3_core.train.schedule import cosine_with_warmup
+from beit3_core.train.streams import build_step_batches
+
+logger = logging.getLogger(__name__)
+
+
+def train_loop_per_worker(loop_config: dict) -> None:
+    """Ray Train entry point.
+
+    `loop_config`: "config" (PretrainConfig dict), "model_config" (resolved BEiT3Config dict), "data_info"
+    ({"mask_id": ...} from the shard manifest), "mlflow_run_id" and "tracking_uri" of the driver's run.
+    """
+    import ray.train
+    import ray.train.torch
+
+    cfg = build_config("tiny_cpu", loop_config["config"])
+    context = ray.train.get_context()
+    rank, world_size = context.get_world_rank(), context.get_world_size()
+    device = ray.train.torch.get_device()
+    if device.type == "cpu":
+        torch.set_num_threads(max(1, int(cfg.run.cpus_per_worker)))
+
+    model = build_pretraining_model(cfg, loop_config["model_config"])
+    optimizer_model = model
+    model = parallelize(model, cfg, device)
+    optimizer = build_adamw(
+        optimizer_model, lr=cfg.optim.lr, weight_decay=cfg.optim.weight_decay, betas=cfg.optim.betas, eps=cfg.optim.eps
+    )
+
+    start_step = 0
+    checkpoint = ray.train.get_checkpoint()
+    if checkpoint is not None:
+        with checkpoint.as_directory() as folder:
+            state = load_training_state(Path(folder), optimizer_model, optimizer)
+        start_step = state["step"]
+        logger.info("rank %d resumed from step %d", rank, start_step)
+
+    logger_run = _MlflowRank0(loop_config) if rank == 0 else None
+    batches = build_step_batches(
+        cfg, loop_config["model_config"], loop_config["data_info"], rank, world_size, start_step
+    )
+    meter = StepMeter(cfg, loop_config["model_config"], device)
+    autocast = (
+        torch.autocast("cuda", dtype=torch.bfloat16)
+        if device.type == "cuda" and cfg.run.bf16
+        else contextlib.nullcontext()
+    )
+
+    model.train()
+    for step in range(start_step + 1, cfg.run.steps + 1):
+        _inject_fault(cfg, rank, step)
+        lr = cosine_with_warmup(step - 1, cfg.run.steps, cfg.optim.warmup_steps, cfg.optim.lr, cfg.optim.min_lr)
+        for group in optimizer.param_groups:
+            group["lr"] = lr
+        # Drop path draws from torch's generator: reseed per (step, rank) so a resumed run draws the same.
+        torch.manual_seed(cfg.run.seed * 1_000_003 + step * 1009 + rank)
+
+        outputs = []
+        for micro in range(cfg.optim.grad_accum_steps):
+            batch = next(batches).to(device, non_blocking=True)
+            last = micro == cfg.optim.grad_accum_steps - 1
+            sync = contextlib.nullcontext() if last or not hasattr(model, "no_sync") else model.no_sync()
+            with sync:
+                with autocast:
+                    out = model(batch)
+                (out["loss"] / cfg.optim.grad_accum_steps).backward()
+            outputs.append((out, batch))
+        grad_norm = torch.nn.utils.clip_grad_norm_(optimizer_model.parameters(), cfg.optim.grad_clip)
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+        meter.update(outputs, grad_norm)
+
+        metrics = meter.report(step, lr) if step % cfg.run.log_every == 0 or step == cfg.run.steps else None
+        if metrics is not None and logger_run is not None:
+            logger_run.log(metrics, step)
+        if step % cfg.run.checkpoint_every == 0 or step == cfg.run.steps:
+            _report_checkpoint(cfg, optimizer_model, optimizer, step, rank, metrics or {"step": step})
+        elif metrics is not None:
+            ray.train.report(metrics)
+
+
+def _report_checkpoint(cfg: PretrainConfig, model: BEiT3ForMDM, optimizer, step: int, rank: int, metrics: dict):
+    """Every rank reports; rank 0 attaches the state folder (Ray persists it, then registers it atomically)."""
+    import ray.train
+
+    if rank != 0:
+        ray.train.report(metrics)
+        return
+    with tempfile.TemporaryDirectory() as tmp:
+        save_training_state(Path(tmp), model, optimizer, step, {"step": step}, cfg.to_dict())
+        ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(tmp))
+
+
+def _inject_fault(cfg: PretrainConfig, rank: int, step: int) -> None:
+    """Tests: SIGKILL this worker once (a marker file records that it happened)."""
+    fault = cfg.run.fault_injection
+    if not fault or fault.get("kill_rank") != rank or fault.get("at_step") != step:
+        return
+    marker = Path(fault["marker"])
+    if marker.exists():
+        return
+    marker.write_text(f"killed rank {rank} at step {step}\n")
+    os.kill(os.getpid(), signal.SIGKILL)
+
+
+class _MlflowRank0:
+    """Rank 0 logs into the run the driver opened (one writer; survives worker restarts with the same run)."""
+
+    def __init__(self, loop_config: dict):
+        import mlflow
+
+        self.client = mlflow.MlflowClient(tracking_uri=loop_config["tracking_uri"])
+        self.run_id = loop_config["mlflow_run_id"]
+
+    def log(self, metrics: dict, step: int) -> None:
+        from mlflow.entities import Metric
+
+        now = int(time.time() * 1000)
+        batch = [Metric(k.replace("/", "_"), float(v), now, step) for k, v in metrics.items() if k != "step"]
+        self.client.log_batch(self.run_id, metrics=batch)

@@ -1,0 +1,49 @@
+"""Build the MDM model for a run and wrap it for data parallelism (DDP, or FSDP2 `fully_shard` on GPUs)."""
+
+import logging
+from pathlib import Path
+
+import torch
+
+from beit3_core.checkpoint import load_checkpoint, load_released_state_dict, read_released_state_dict
+from beit3_core.config import BEiT3Config
+from beit3_core.mdm import BEiT3ForMDM
+from beit3_core.train.config import PretrainConfig
+
+logger = logging.getLogger(__name__)
+
+
+def build_pretraining_model(cfg: PretrainConfig, model_config: dict) -> BEiT3ForMDM:
+    """The MDM model with the run's resolved config, optionally initialised from a checkpoint."""
+    torch.manual_seed(cfg.run.seed)  # identical initial weights on every rank
+    model = BEiT3ForMDM(BEiT3Config(**model_config))
+    source = cfg.model.init_checkpoint
+    if source:
+        path = Path(source)
+        if path.suffix == ".safetensors":
+            model.load_state_dict(load_checkpoint(path).state_dict(), strict=True)
+        else:
+            load_released_state_dict(model, read_released_state_dict(path), str(path)).log(path)
+        logger.info("initialised from %s", path)
+    return model
+
+
+def parallelize(model: BEiT3ForMDM, cfg: PretrainConfig, device: torch.device) -> torch.nn.Module:
+    """DDP through Ray Train, or FSDP2 (`fully_shard` per encoder layer, then the root) for large models."""
+    import ray.train.torch
+
+    if cfg.run.strategy == "ddp":
+        return ray.train.torch.prepare_model(model, parallel_strategy="ddp")
+    if cfg.run.strategy != "fsdp":
+        raise ValueError(f"run.strategy must be 'ddp' or 'fsdp', got {cfg.run.strategy!r}")
+    if device.type != "cuda":
+        raise ValueError("run.strategy='fsdp' needs GPUs (run.use_gpu=true); use 'ddp' on CPU")
+    from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard
+
+    model.to(device)
+    policy = MixedPrecisionPolicy(param_dtype=torch.bfloat16, reduce_dtype=torch.float32) if cfg.run.bf16 else None
+    kwargs = {"mp_policy": policy} if policy else {}
+    for layer in model.beit3.encoder.layers:
+        fully_shard(layer, **kwargs)
+    fully_shard(model, **kwargs)
+    return model
