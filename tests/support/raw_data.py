@@ -86,6 +86,7 @@ def tiny_preprocess_config(root: Path, output: Path, sources: list[dict], **extr
         "text": {"vocab_size": 60, "max_tokens": 16},
         "visual": {
             "config": "vqkd_tiny",
+            "teacher": "hog",
             "num_codes": 8,
             "img_size": 32,
             "train_images": 40,
