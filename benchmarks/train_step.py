@@ -25,6 +25,7 @@ from beit3_core.config import BEiT3Config  # noqa: E402
 from beit3_core.mdm import BEiT3ForMDM, MDMBatch  # noqa: E402
 from beit3_core.optim import build_adamw  # noqa: E402
 from beit3_core.synthetic import SyntheticMDMData  # noqa: E402
+from beit3_core.train.metrics import step_flops  # noqa: E402
 
 KIND_SIZES = {"image": (1, 0, 0), "text": (0, 1, 0), "pair": (0, 0, 1)}
 
@@ -43,27 +44,6 @@ class TorchscaleBackbone(nn.Module):
         from benchmarks.torchscale_reference import torchscale_forward
 
         return torchscale_forward(self.model, image, text, text_padding_mask, image_mask, attn_mask)
-
-
-def step_flops(config: BEiT3Config, batch: MDMBatch) -> float:
-    """Matmul FLOPs of one training step (3x forward): projections, FFN, attention scores and the heads."""
-    dim, ffn = config.embed_dim, config.ffn_dim
-    total = 0.0
-    for stream in batch.streams():
-        if stream is None:
-            continue
-        tokens = 0
-        if hasattr(stream, "image"):
-            tokens += 1 + config.num_patches
-        if hasattr(stream, "text"):
-            tokens += stream.text.shape[1]
-        per_layer = 2 * tokens * (4 * dim * dim + 2 * dim * ffn) + 4 * tokens * tokens * dim
-        total += stream.batch_size * config.num_layers * per_layer
-        if hasattr(stream, "image_mask"):
-            total += 2 * int(stream.image_mask.sum()) * dim * config.visual_vocab_size
-        if hasattr(stream, "text_labels"):
-            total += 2 * int((stream.text_labels >= 0).sum()) * dim * config.vocab_size
-    return 3 * total
 
 
 def make_step(model: nn.Module, batch: MDMBatch, dtype: str, device: torch.device):
