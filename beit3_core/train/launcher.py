@@ -23,6 +23,7 @@ from beit3_core.train.streams import SYNTHETIC, read_shard_refs
 logger = logging.getLogger(__name__)
 
 RUN_INFO = "run_info.json"
+EVAL_BATCHES = 4
 
 
 @dataclass
@@ -34,6 +35,8 @@ class PretrainResult:
     final_checkpoint: Path
     released_checkpoint: Path
     metrics: dict
+    masked_token_accuracy: dict
+    """{kind: {accuracy, baseline, num_masked}} of the final model on fresh batches."""
 
 
 def resolve_model_config(cfg: PretrainConfig) -> tuple[dict, dict]:
@@ -183,7 +186,7 @@ def run_pretraining(cfg: PretrainConfig, resume: str | None = None) -> PretrainR
             shutil.copy2(Path(folder) / "train_state.json", final_dir / "train_state.json")
         model = load_checkpoint(final_dir / "model.safetensors")
         released = export_released_checkpoint(model, final_dir / "model_released_layout.pth")
-        _log_artifacts(client, mlflow_run_id, cfg, model, data_info, final_dir)
+        accuracy = _log_artifacts(client, mlflow_run_id, cfg, model, data_info, final_dir)
         client.set_terminated(mlflow_run_id, "FINISHED")
     except BaseException:
         client.set_terminated(mlflow_run_id, "FAILED")
@@ -196,22 +199,35 @@ def run_pretraining(cfg: PretrainConfig, resume: str | None = None) -> PretrainR
         final_dir / "model.safetensors",
         released,
         dict(result.metrics or {}),
+        accuracy,
     )
 
 
-def _log_artifacts(client, run_id: str, cfg: PretrainConfig, model, data_info: dict, final_dir: Path) -> None:
+def _log_artifacts(client, run_id: str, cfg: PretrainConfig, model, data_info: dict, final_dir: Path) -> dict:
     import yaml
 
+    from beit3_core.train.evaluate_mdm import masked_token_report
     from beit3_core.train.streams import StepBatches
     from beit3_core.train.visualize import masked_prediction_grid
 
+    # Fresh masks on batches past the end of training; the baseline is the most frequent target token.
+    stream_of_batches = iter(
+        StepBatches(cfg, model.config.to_dict(), data_info, rank=0, world_size=1, start_step=cfg.run.steps)
+    )
+    batches = [next(stream_of_batches) for _ in range(EVAL_BATCHES)]
+    report = masked_token_report(model, batches)
+    (final_dir / "masked_token_accuracy.json").write_text(json.dumps(report, indent=2))
+    for kind, values in report.items():
+        client.log_metric(run_id, f"final_accuracy_{kind}", values["accuracy"])
+        client.log_metric(run_id, f"final_baseline_{kind}", values["baseline"])
     with tempfile.TemporaryDirectory() as tmp:
         config_path = Path(tmp) / "pretrain_config.yaml"
         config_path.write_text(yaml.safe_dump(cfg.to_dict(), sort_keys=False))
         client.log_artifact(run_id, str(config_path))
-        batch = next(iter(StepBatches(cfg, model.config.to_dict(), data_info, rank=0, world_size=1, start_step=0)))
+        batch = batches[0]
         stream = batch.image or batch.pair
         if stream is not None:
             png = masked_prediction_grid(model, stream, Path(tmp) / "masked_predictions.png")
             client.log_artifact(run_id, str(png))
     client.log_artifact(run_id, str(final_dir / "model.safetensors"), artifact_path="checkpoint")
+    return report

@@ -40,9 +40,11 @@ def run(args: argparse.Namespace) -> int:
     result = run_pretraining(cfg, resume=args.resume)
     metrics = result.metrics
     print(f"run {result.run_name}: {cfg.run.steps} steps, final loss {metrics.get('loss', float('nan')):.3f}")
-    for kind in ("image", "text", "pair_image", "pair_text"):
-        if f"accuracy/{kind}" in metrics:
-            print(f"  masked-token accuracy {kind:<10} {metrics[f'accuracy/{kind}']:.3f}")
+    for kind, values in result.masked_token_accuracy.items():
+        print(
+            f"  masked-token accuracy {kind:<10} {values['accuracy']:.3f} "
+            f"(most-frequent-token baseline {values['baseline']:.3f}, {values['num_masked']} masked)"
+        )
     print(f"checkpoint: {result.final_checkpoint}")
     print(f"released layout: {result.released_checkpoint}")
     print(f"MLflow run {result.mlflow_run_id} in {result.tracking_uri}")

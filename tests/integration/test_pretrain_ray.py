@@ -120,6 +120,8 @@ def test_mlflow_run_holds_params_metrics_and_artifacts(reference_run):
         "accuracy_text",
         "accuracy_pair_image",
         "accuracy_pair_text",
+        "final_accuracy_image",
+        "final_baseline_text",
     ):
         assert name in run.data.metrics, name
     artifacts = {a.path for a in client.list_artifacts(run.info.run_id)}
