@@ -18,11 +18,14 @@ from pathlib import Path
 from beit3_core.checkpoint import export_released_checkpoint, load_checkpoint
 from beit3_core.config import get_config
 from beit3_core.train.config import PretrainConfig
+from beit3_core.train.storage import RunStorage
 from beit3_core.train.streams import SYNTHETIC, read_shard_refs
 
 logger = logging.getLogger(__name__)
 
 RUN_INFO = "run_info.json"
+LOCAL_CACHE = "runs/pretrain-local"
+"""Local copies of the final exports when the run storage is remote."""
 EVAL_BATCHES = 4
 
 
@@ -60,8 +63,10 @@ def resolve_model_config(cfg: PretrainConfig) -> tuple[dict, dict]:
     return config.to_dict(), {"mask_id": text["mask_id"]}
 
 
-def _tracking_uri(cfg: PretrainConfig, storage: Path) -> str:
-    return cfg.run.mlflow_tracking_uri or os.environ.get("MLFLOW_TRACKING_URI") or f"sqlite:///{storage}/mlflow.db"
+def _tracking_uri(cfg: PretrainConfig, storage: RunStorage, run_dir: Path) -> str:
+    # Default: a SQLite store beside the runs (on local disk also when the storage is remote).
+    local = storage.local_root or run_dir.parent
+    return cfg.run.mlflow_tracking_uri or os.environ.get("MLFLOW_TRACKING_URI") or f"sqlite:///{local}/mlflow.db"
 
 
 def _start_ray(cfg: PretrainConfig) -> None:
@@ -121,14 +126,13 @@ def run_pretraining(cfg: PretrainConfig, resume: str | None = None) -> PretrainR
 
     from beit3_core.train.loop import train_loop_per_worker
 
-    storage = Path(cfg.run.storage_path).resolve()
+    storage = RunStorage(cfg.run.storage_path)
     model_config, data_info = resolve_model_config(cfg)
     if resume:
         run_name = resume
-        info_path = storage / run_name / RUN_INFO
-        if not info_path.is_file():
-            raise FileNotFoundError(f"cannot resume {run_name!r}: no {RUN_INFO} under {storage / run_name}")
-        info = json.loads(info_path.read_text())
+        if not storage.exists(run_name, RUN_INFO):
+            raise FileNotFoundError(f"cannot resume {run_name!r}: no {RUN_INFO} under {storage.path(run_name)}")
+        info = json.loads(storage.read_text(run_name, RUN_INFO))
         if info["config_hash"] != cfg.fingerprint():
             raise ValueError(
                 f"cannot resume {run_name!r}: it was started with another config "
@@ -136,13 +140,16 @@ def run_pretraining(cfg: PretrainConfig, resume: str | None = None) -> PretrainR
             )
     else:
         run_name = cfg.run.name or f"pretrain-{cfg.fingerprint()}-{time.strftime('%Y%m%d-%H%M%S')}"
-        if (storage / run_name).exists():
-            raise FileExistsError(f"run {run_name!r} already exists in {storage}; resume it explicitly or rename")
+        if storage.exists(run_name):
+            raise FileExistsError(f"run {run_name!r} already exists in {storage.uri}; resume it explicitly or rename")
         info = {}
-    run_dir = storage / run_name
-    tracking_uri = _tracking_uri(cfg, storage)
+    # Final exports are also kept on local disk (the run folder itself when storage is local).
+    run_dir = storage.local_root / run_name if storage.local_root else Path(LOCAL_CACHE).resolve() / run_name
+    tracking_uri = _tracking_uri(cfg, storage, run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
-    mlflow_run_id = _open_mlflow_run(cfg, tracking_uri, storage, run_name, model_config, info.get("mlflow_run_id"))
+    mlflow_run_id = _open_mlflow_run(
+        cfg, tracking_uri, run_dir.parent, run_name, model_config, info.get("mlflow_run_id")
+    )
     info = {
         "config_hash": cfg.fingerprint(),
         "config": cfg.to_dict(),
@@ -150,7 +157,7 @@ def run_pretraining(cfg: PretrainConfig, resume: str | None = None) -> PretrainR
         "tracking_uri": tracking_uri,
         "model_config": model_config,
     }
-    (run_dir / RUN_INFO).write_text(json.dumps(info, indent=2))
+    storage.write_text(json.dumps(info, indent=2), run_name, RUN_INFO)
 
     _start_ray(cfg)
     trainer = TorchTrainer(
@@ -169,7 +176,7 @@ def run_pretraining(cfg: PretrainConfig, resume: str | None = None) -> PretrainR
         ),
         run_config=RunConfig(
             name=run_name,
-            storage_path=str(storage),
+            storage_path=storage.ray_storage_path(),
             failure_config=FailureConfig(max_failures=cfg.run.max_failures),
             checkpoint_config=CheckpointConfig(num_to_keep=cfg.run.keep_checkpoints),
         ),
@@ -186,6 +193,8 @@ def run_pretraining(cfg: PretrainConfig, resume: str | None = None) -> PretrainR
             shutil.copy2(Path(folder) / "train_state.json", final_dir / "train_state.json")
         model = load_checkpoint(final_dir / "model.safetensors")
         released = export_released_checkpoint(model, final_dir / "model_released_layout.pth")
+        for name in ("model.safetensors", "model_released_layout.pth", "train_state.json"):
+            storage.upload_file(final_dir / name, run_name, "final", name)
         accuracy = _log_artifacts(client, mlflow_run_id, cfg, model, data_info, final_dir)
         client.set_terminated(mlflow_run_id, "FINISHED")
     except BaseException:
