@@ -206,15 +206,15 @@ def build_config(recipe: str = "tiny_cpu", overrides: dict | None = None) -> Pre
 
 
 def load_config(path: str | Path, overrides: dict | None = None) -> PretrainConfig:
-    """Read a YAML file (`recipe:` plus section overrides); relative data paths resolve against the file."""
+    """Read a YAML file (`recipe:` plus section overrides); relative paths stay relative to the working directory."""
     path = Path(path)
     raw = yaml.safe_load(path.read_text()) or {}
     if not isinstance(raw, dict):
         raise ValueError(f"{path}: expected a mapping at the top level")
     recipe = raw.pop("recipe", "tiny_cpu")
     config = build_config(recipe, _merge(raw, overrides or {}))
-    if config.data.shards not in ("", "synthetic") and not Path(config.data.shards).is_absolute():
-        config.data.shards = str((path.parent / config.data.shards).resolve())
+    if config.data.shards not in ("", "synthetic"):
+        config.data.shards = str(Path(config.data.shards).resolve())  # Ray workers have another cwd
     return config
 
 
