@@ -1,0 +1,438 @@
+"""Miniature benchmarks in the OFFICIAL file formats, built from the offline demo corpus.
+
+The demo corpus (`preprocessing.demo_data`, `python -m flows.cli demo-data`) holds Tux Paint stamps with a
+caption each (webdataset tars), rendered emoji with their Unicode names (JSONL pairs) and Fashion-MNIST class
+folders. This module turns them into small data sets that the task adapters of `evaluation.tasks` read with
+the same code paths as the real benchmarks:
+
+- `imagenet/`: `train/<class>/`, `val/<class>/` class folders, from Fashion-MNIST (seeded per-class val split).
+- `coco/`: Karpathy `dataset_coco.json` + `train2014/`, `val2014/`, and NoCaps `nocaps_val_4500_captions.json`
+  + `val/`, `nocaps_test_image_info.json` + `test/`, from Tux Paint stamps and captions.
+- `flickr30k/`: Karpathy `dataset_flickr30k.json` + `flickr30k-images/`, from the emoji and their names.
+- `vqav2/`: `v2_OpenEnded_mscoco_{train2014,val2014}_questions.json`, `v2_mscoco_*_annotations.json` and COCO
+  image names, from templates over the Tux Paint captions.
+- `nlvr2/`: `nlvr2/data/{train,dev,test1}.json`, `images/train/<dir>/`, `dev/`, `test1/`, from templates over
+  Fashion-MNIST pairs.
+
+Nothing here is a real benchmark: one caption per image (COCO has ~5, NoCaps 10), NoCaps domains are assigned
+by position in stamp order (marked `synthetic`), VQA questions and NLVR2 statements come from templates
+(marked `template_generated: true`). The build is deterministic for a seed (sorted inputs, one seeded
+generator, fixed image encoding) and idempotent: `miniature_manifest.json`, written last, records the
+parameters, and a rebuild with the same ones is skipped. Tux Paint is GPL-2: the output must not be committed.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import random
+import re
+import shutil
+import tarfile
+from collections import defaultdict
+from pathlib import Path
+from typing import Any
+
+from PIL import Image
+
+MANIFEST = "miniature_manifest.json"
+VERSION = 1
+TASK_FOLDERS = ("imagenet", "coco", "flickr30k", "vqav2", "nlvr2")
+_ARTICLES = ("a", "an", "the")
+_IMAGE_SIDE = 96  # long side of written JPEGs: small files, still larger than test models' inputs
+
+
+def build_miniature_benchmarks(
+    demo_root: str | Path,
+    out_root: str | Path,
+    seed: int = 0,
+    *,
+    num_caption_images: int = 240,
+    num_nocaps_images: int = 30,
+    images_per_class: int = 30,
+    num_nlvr2_sets: tuple[int, int, int] = (100, 30, 30),
+    force: bool = False,
+) -> dict[str, Any]:
+    """Builds (or reuses) the miniature benchmarks under `out_root`.
+
+    Args:
+        demo_root: The demo corpus (`tuxpaint/*.tar`, `emoji/pairs.jsonl`, `fashion_mnist/<class>/`).
+        out_root: Output folder; only the `TASK_FOLDERS` and the manifest inside it are written.
+        seed: Seed of every random choice.
+        num_caption_images: Tux Paint stamps in the COCO-style Karpathy file (and emoji in the Flickr one).
+        num_nocaps_images: Further stamps for the NoCaps-style files (4/5 val, 1/5 test).
+        images_per_class: Fashion-MNIST images per class in the ImageNet-style folders (1/5 go to val).
+        num_nlvr2_sets: Sentence sets (two image pairs each) for train, dev and test1.
+        force: Rebuild even when the manifest matches.
+
+    Returns:
+        `{"out_root", "built", "tasks"}`; `tasks` maps each `evaluation.tasks` name to `{"root", "options"}`
+        (dataset options the miniature needs, e.g. a VQA answer threshold of 1) and `counts`.
+    """
+    demo_root, out_root = Path(demo_root), Path(out_root)
+    params = {
+        "version": VERSION,
+        "seed": seed,
+        "num_caption_images": num_caption_images,
+        "num_nocaps_images": num_nocaps_images,
+        "images_per_class": images_per_class,
+        "num_nlvr2_sets": list(num_nlvr2_sets),
+        "demo": _fingerprint(demo_root),
+    }
+    manifest = _read_manifest(out_root)
+    if not force and manifest and manifest["parameters"] == params:
+        if all((out_root / folder).is_dir() for folder in TASK_FOLDERS):
+            return {"out_root": out_root, "built": False, "tasks": _task_entries(out_root, manifest["summary"])}
+
+    (out_root / MANIFEST).unlink(missing_ok=True)  # a build that dies midway must not look finished
+    for folder in TASK_FOLDERS:
+        shutil.rmtree(out_root / folder, ignore_errors=True)
+    out_root.mkdir(parents=True, exist_ok=True)
+    rng = random.Random(seed)
+    stamps = _read_tuxpaint(demo_root / "tuxpaint")
+    rng.shuffle(stamps)
+    coco_stamps = stamps[:num_caption_images]
+    nocaps_stamps = stamps[num_caption_images : num_caption_images + num_nocaps_images]
+    summary = {
+        "imagenet": _build_imagenet(demo_root / "fashion_mnist", out_root / "imagenet", images_per_class, rng),
+        "coco": _build_coco(coco_stamps, out_root / "coco"),
+        "nocaps": _build_nocaps(nocaps_stamps, out_root / "coco"),
+        "flickr30k": _build_flickr(demo_root / "emoji", out_root / "flickr30k", num_caption_images, rng),
+        "vqav2": _build_vqa(out_root / "coco", out_root / "vqav2", rng),
+        "nlvr2": _build_nlvr2(demo_root / "fashion_mnist", out_root / "nlvr2", num_nlvr2_sets, rng),
+    }
+    _write_text(out_root / MANIFEST, json.dumps({"parameters": params, "summary": summary}, indent=2) + "\n")
+    return {"out_root": out_root, "built": True, "tasks": _task_entries(out_root, summary)}
+
+
+def _task_entries(out_root: Path, summary: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    vqa_options = {"min_answer_count": 1, "rest_val_images": summary["vqav2"]["rest_val_images"]}
+    entries = {
+        "imagenet": ("imagenet", {}, summary["imagenet"]),
+        "coco_captioning": ("coco", {}, summary["coco"]),
+        "nocaps": ("coco", {}, summary["nocaps"]),
+        "coco_retrieval": ("coco", {}, summary["coco"]),
+        "flickr30k_retrieval": ("flickr30k", {}, summary["flickr30k"]),
+        "vqav2": ("vqav2", vqa_options, summary["vqav2"]),
+        "nlvr2": ("nlvr2", {}, summary["nlvr2"]),
+    }
+    return {
+        name: {"root": out_root / folder, "options": options, "counts": counts}
+        for name, (folder, options, counts) in entries.items()
+    }
+
+
+# ---- demo corpus readers ---------------------------------------------------------------------------------
+
+
+def _fingerprint(demo_root: Path) -> str:
+    """Hash of the demo corpus's manifest, or of its file names and sizes when there is none."""
+    manifest = demo_root / "demo_manifest.json"
+    if manifest.is_file():
+        return hashlib.sha256(manifest.read_bytes()).hexdigest()
+    listing = sorted(
+        f"{p.relative_to(demo_root).as_posix()}:{p.stat().st_size}" for p in demo_root.rglob("*") if p.is_file()
+    )
+    return hashlib.sha256("\n".join(listing).encode()).hexdigest()
+
+
+def _read_tuxpaint(folder: Path) -> list[dict[str, Any]]:
+    """Stamps with a non-empty caption, in key order: {"key", "caption", "stamp", "png"}."""
+    samples: dict[str, dict[str, Any]] = defaultdict(dict)
+    for tar_path in sorted(folder.glob("*.tar")):
+        with tarfile.open(tar_path) as tar:
+            for member in tar:
+                if not member.isfile():
+                    continue
+                key, _, ext = member.name.rpartition(".")
+                data = tar.extractfile(member).read()  # type: ignore[union-attr]  # regular file
+                if ext == "json":
+                    samples[key] |= {k: v for k, v in json.loads(data).items() if k in ("caption", "stamp")}
+                elif ext == "png":
+                    samples[key]["png"] = data
+                elif ext == "txt":
+                    samples[key].setdefault("caption", data.decode("utf-8", "replace").strip())
+    stamps = []
+    for key in sorted(samples):
+        sample = samples[key]
+        if sample.get("png") and sample.get("caption", "").strip():
+            stamps.append({"key": key, "stamp": sample.get("stamp", key), **sample})
+    return stamps
+
+
+def _jpeg(data: bytes) -> bytes:
+    """Any image bytes -> small RGB JPEG; transparency is composited on white (stamps are RGBA)."""
+    with Image.open(io.BytesIO(data)) as image:
+        rgba = image.convert("RGBA")
+    canvas = Image.new("RGB", rgba.size, "white")
+    canvas.paste(rgba, mask=rgba.getchannel("A"))
+    canvas.thumbnail((_IMAGE_SIDE, _IMAGE_SIDE), Image.Resampling.BICUBIC)
+    buffer = io.BytesIO()
+    canvas.save(buffer, format="JPEG", quality=90, optimize=False, progressive=False)
+    return buffer.getvalue()
+
+
+def _caption_tokens(caption: str) -> list[str]:
+    return re.findall(r"[a-z0-9]+", caption.lower())
+
+
+def simple_noun(caption: str) -> str | None:
+    """The head noun of a short "A/An <adjectives> <noun>." caption ("A great blue heron." -> "heron")."""
+    text = re.sub(r"\(.*?\)", " ", caption).strip().rstrip(".!").strip()
+    words = text.lower().split()
+    if words and words[0] in _ARTICLES:
+        words = words[1:]
+    if not 1 <= len(words) <= 4 or not all(w.isalpha() for w in words):
+        return None
+    return words[-1]
+
+
+def _write_bytes(path: Path, data: bytes) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_bytes(data)
+
+
+def _write_text(path: Path, text: str) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(text, encoding="utf-8")
+
+
+def _write_json(path: Path, obj: Any) -> None:
+    _write_text(path, json.dumps(obj, ensure_ascii=False, sort_keys=True) + "\n")
+
+
+# ---- ImageNet-style class folders --------------------------------------------------------------------------
+
+
+def _build_imagenet(fashion: Path, dest: Path, per_class: int, rng: random.Random) -> dict[str, int]:
+    counts = {"train": 0, "val": 0, "classes": 0}
+    for class_dir in sorted(p for p in fashion.iterdir() if p.is_dir()):
+        files = sorted(class_dir.glob("*.png"))[:per_class]
+        rng.shuffle(files)
+        num_val = max(1, len(files) // 5)
+        for index, path in enumerate(files):
+            split = "val" if index < num_val else "train"
+            shutil.copyfile(path, _mkparent(dest / split / class_dir.name / path.name))
+            counts[split] += 1
+        counts["classes"] += 1
+    return counts
+
+
+def _mkparent(path: Path) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    return path
+
+
+# ---- Karpathy-style caption files ----------------------------------------------------------------------------
+
+
+def _karpathy_splits(num_images: int) -> list[str]:
+    """Split per position: 1/6 test, 1/6 val, 1/12 restval, the rest train (each at least 2 when possible)."""
+    num_test = num_val = max(2, num_images // 6)
+    num_restval = max(1, num_images // 12)
+    splits = ["test"] * num_test + ["val"] * num_val + ["restval"] * num_restval
+    return (splits + ["train"] * num_images)[:num_images]
+
+
+def _sentence(raw: str, imgid: int, sentid: int) -> dict[str, Any]:
+    return {"raw": raw, "tokens": _caption_tokens(raw), "imgid": imgid, "sentid": sentid}
+
+
+def _build_coco(stamps: list[dict[str, Any]], dest: Path) -> dict[str, int]:
+    images, counts = [], defaultdict(int)
+    for imgid, (stamp, split) in enumerate(zip(stamps, _karpathy_splits(len(stamps)), strict=True)):
+        cocoid = imgid + 1
+        filepath = "train2014" if split in ("train", "restval") else "val2014"
+        filename = f"COCO_{filepath}_{cocoid:012d}.jpg"
+        _write_bytes(dest / filepath / filename, _jpeg(stamp["png"]))
+        images.append(
+            {
+                "filepath": filepath,
+                "filename": filename,
+                "imgid": imgid,
+                "cocoid": cocoid,
+                "split": split,
+                "sentids": [imgid],
+                "sentences": [_sentence(stamp["caption"], imgid, imgid)],
+                "stamp": stamp["stamp"],
+            }
+        )
+        counts[split] += 1
+    info = {"description": "miniature COCO Karpathy split from Tux Paint stamps (one caption each)"}
+    _write_json(dest / "dataset_coco.json", {"dataset": "coco", "images": images, "info": info})
+    return dict(counts)
+
+
+def _build_nocaps(stamps: list[dict[str, Any]], dest: Path) -> dict[str, int]:
+    ordered = sorted(stamps, key=lambda s: s["stamp"])
+    num_test = len(ordered) // 5
+    val, test = ordered[: len(ordered) - num_test], ordered[len(ordered) - num_test :]
+    domains = ("in-domain", "near-domain", "out-domain")
+    counts = {}
+    for split, chosen in (("val", val), ("test", test)):
+        images, annotations = [], []
+        for index, stamp in enumerate(chosen):
+            open_images_id = hashlib.sha1(stamp["stamp"].encode()).hexdigest()[:16]
+            data = _jpeg(stamp["png"])
+            _write_bytes(dest / split / f"{open_images_id}.jpg", data)
+            with Image.open(io.BytesIO(data)) as image:
+                width, height = image.size
+            entry = {"id": index, "open_images_id": open_images_id, "height": height, "width": width}
+            entry |= {"coco_url": "", "file_name": f"{open_images_id}.jpg", "license": 0, "date_captured": ""}
+            # Synthetic domains: thirds of the stamp-path order (related stamps sit together).
+            entry["domain"] = domains[min(2, 3 * index // max(1, len(chosen)))]
+            images.append(entry)
+            annotations.append({"image_id": index, "id": index, "caption": stamp["caption"]})
+        info = {"description": f"miniature NoCaps {split} from Tux Paint stamps", "synthetic": True}
+        info["domain_assignment"] = "thirds of the stamp-path order (synthetic, not novelty w.r.t. COCO)"
+        data = {"licenses": [], "info": info, "images": images}
+        if split == "val":
+            data["annotations"] = annotations
+        name = "nocaps_val_4500_captions.json" if split == "val" else "nocaps_test_image_info.json"
+        _write_json(dest / name, data)
+        counts[split] = len(images)
+    return counts
+
+
+def _build_flickr(emoji: Path, dest: Path, num_images: int, rng: random.Random) -> dict[str, int]:
+    pairs_file = emoji / "pairs.jsonl"
+    rows = [json.loads(line) for line in pairs_file.read_text(encoding="utf-8").splitlines() if line.strip()]
+    rows.sort(key=lambda row: row["image"])
+    rng.shuffle(rows)
+    rows = rows[:num_images]
+    images, counts = [], defaultdict(int)
+    for imgid, (row, split) in enumerate(zip(rows, _karpathy_splits(len(rows)), strict=True)):
+        filename = f"{1000000 + imgid}.jpg"
+        _write_bytes(dest / "flickr30k-images" / filename, _jpeg((emoji / row["image"]).read_bytes()))
+        raw = f"An emoji of {row['caption']}."
+        images.append(
+            {
+                "filename": filename,
+                "imgid": imgid,
+                "split": split,
+                "sentids": [imgid],
+                "sentences": [_sentence(raw, imgid, imgid)],
+            }
+        )
+        counts[split] += 1
+    info = {"description": "miniature Flickr30K Karpathy split from rendered emoji and their names"}
+    _write_json(dest / "dataset_flickr30k.json", {"dataset": "flickr30k", "images": images, "info": info})
+    return dict(counts)
+
+
+# ---- template-generated VQA and NLVR2 ------------------------------------------------------------------------
+
+
+def _answers(answer: str, variants: list[str]) -> list[dict[str, Any]]:
+    raw = [answer] * (10 - len(variants)) + variants
+    return [{"answer": a, "answer_confidence": "yes", "answer_id": i + 1} for i, a in enumerate(raw)]
+
+
+def _build_vqa(coco: Path, dest: Path, rng: random.Random) -> dict[str, int]:
+    images = json.loads((coco / "dataset_coco.json").read_text(encoding="utf-8"))["images"]
+    nouns = {image["cocoid"]: simple_noun(image["sentences"][0]["raw"]) for image in images}
+    vocabulary = sorted({noun for noun in nouns.values() if noun})
+    questions: dict[str, list] = {"train2014": [], "val2014": []}
+    annotations: dict[str, list] = {"train2014": [], "val2014": []}
+    for image in images:
+        noun, image_id, subtype = nouns[image["cocoid"]], image["cocoid"], image["filepath"]
+        if not noun:
+            continue
+        shutil.copyfile(coco / subtype / image["filename"], _mkparent(dest / subtype / image["filename"]))
+        other = rng.choice([n for n in vocabulary if n != noun] or [noun])
+        article = "an" if noun[0] in "aeiou" else "a"
+        qas = [
+            ("What is shown in the picture?", "what is", "other", noun, [f"{article} {noun}"] * 3),
+            (f"Is this {article} {noun}?", "is this", "yes/no", "yes", ["Yes."]),
+            (f"Is this a {other}?", "is this", "yes/no", "no", []),
+        ]
+        for index, (question, question_type, answer_type, answer, variants) in enumerate(qas):
+            question_id = image_id * 1000 + index  # the VQA convention
+            questions[subtype].append({"image_id": image_id, "question": question, "question_id": question_id})
+            annotations[subtype].append(
+                {
+                    "question_id": question_id,
+                    "image_id": image_id,
+                    "question_type": question_type,
+                    "answer_type": answer_type,
+                    "multiple_choice_answer": answer,
+                    "answers": _answers(answer, variants),
+                }
+            )
+    info = {"description": "miniature VQA from Tux Paint captions", "template_generated": True}
+    for subtype in ("train2014", "val2014"):
+        common = {"info": info, "license": {}, "data_subtype": subtype, "template_generated": True}
+        _write_json(
+            dest / f"v2_OpenEnded_mscoco_{subtype}_questions.json",
+            common | {"task_type": "Open-Ended", "data_type": "mscoco", "questions": questions[subtype]},
+        )
+        _write_json(
+            dest / f"v2_mscoco_{subtype}_annotations.json",
+            common | {"data_type": "mscoco", "annotations": annotations[subtype]},
+        )
+    num_val_images = len({q["image_id"] for q in questions["val2014"]})
+    return {
+        "train_questions": len(questions["train2014"]),
+        "val_questions": len(questions["val2014"]),
+        "rest_val_images": max(1, num_val_images // 2),
+    }
+
+
+_NLVR2_TEMPLATES = (
+    ("The left image shows a {c}.", lambda left, right, c: left == c),
+    ("The right image shows a {c}.", lambda left, right, c: right == c),
+    ("Both images show a {c}.", lambda left, right, c: left == c and right == c),
+    ("Exactly one image shows a {c}.", lambda left, right, c: (left == c) != (right == c)),
+    ("The two images show the same kind of item.", lambda left, right, c: left == right),
+)
+
+
+def _build_nlvr2(fashion: Path, dest: Path, num_sets: tuple[int, int, int], rng: random.Random) -> dict[str, int]:
+    by_class = {p.name: sorted(p.glob("*.png")) for p in sorted(fashion.iterdir()) if p.is_dir()}
+    classes = sorted(c for c, files in by_class.items() if files)
+    counts = {}
+    for split, count in zip(("train", "dev", "test1"), num_sets, strict=True):
+        lines = []
+        for set_id in range(count):
+            template, truth = _NLVR2_TEMPLATES[set_id % len(_NLVR2_TEMPLATES)]
+            target = rng.choice(classes)
+            sentence = template.format(c=target.replace("_", " "))
+            # One sentence on two pairs (pair ids 0 and 1) with opposite labels when it can be drawn.
+            for pair_id, wanted in enumerate(rng.sample([True, False], 2)):
+                left, right = _draw_pair(classes, target, truth, wanted, rng)
+                identifier = f"{split}-{set_id}-{pair_id}-0"
+                folder = f"images/train/{set_id % 10}" if split == "train" else split
+                stem = identifier.rsplit("-", 1)[0]
+                for side, class_name in enumerate((left, right)):
+                    source = rng.choice(by_class[class_name])
+                    shutil.copyfile(source, _mkparent(dest / folder / f"{stem}-img{side}.png"))
+                label = truth(left, right, target)
+                line = {"identifier": identifier, "sentence": sentence, "label": str(label)}
+                line |= {"left_url": f"fashion_mnist/{left}", "right_url": f"fashion_mnist/{right}"}
+                line |= {"writer": "template", "synset": target, "query": target, "validation": {}}
+                line |= {"template_generated": True}
+                line |= {"directory": set_id % 10} if split == "train" else {"extra_validations": {}}
+                lines.append(json.dumps(line, sort_keys=True))
+        _write_text(dest / "nlvr2" / "data" / f"{split}.json", "\n".join(lines) + "\n")
+        counts[split] = len(lines)
+    return counts
+
+
+def _draw_pair(classes: list[str], target: str, truth: Any, wanted: bool, rng: random.Random) -> tuple[str, str]:
+    """A (left, right) class pair whose label is `wanted` if one turns up in 50 draws (biased to `target`)."""
+    pair = (rng.choice(classes), rng.choice(classes))
+    for _ in range(50):
+        left = target if rng.random() < 0.5 else rng.choice(classes)
+        right = target if rng.random() < 0.5 else rng.choice(classes)
+        pair = (left, right)
+        if truth(left, right, target) == wanted:
+            break
+    return pair
+
+
+def _read_manifest(out_root: Path) -> dict[str, Any] | None:
+    try:
+        return json.loads((out_root / MANIFEST).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None

@@ -1,0 +1,187 @@
+"""ImageNet-1k classification with the released linear head (`BEiT3ForImageClassification`).
+
+BEiT-3 (arXiv 2208.10442); checked against microsoft/unilm `beit3/modeling_finetune.py`, `datasets.py`
+(`ImageNetDataset`) and `get_started/get_started_for_image_classification.md`. The paper's giant number casts
+classification as image-to-text retrieval; the release (and this task) uses a linear head.
+
+Layout under `root`: `train/<class>/<file>` (ImageFolder); `val/<class>/<file>`, or flat `val/<file>` plus a
+`val.txt` of "file_name class_index" lines. Classes = sorted sub-folder names of `train/` (label = position);
+"test" reuses val, as the release does. Images are decoded by content (some ILSVRC ".JPEG" files are PNG/CMYK).
+
+Gaps: no RandAugment / Mixup / CutMix / random erasing (timm is not a dependency), so training uses
+RandomResizedCrop(0.08-1) + flip and plain label smoothing; the eval transform is exact.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from PIL import Image
+from torch import nn
+from torch.utils.data import Dataset
+
+import beit3_core
+from beit3_core.model import trunc_normal_one_sigma_
+from evaluation.metrics.classification import ranked_accuracy
+from evaluation.tasks.base import Batch, Record, Task, register
+from evaluation.tasks.data import check_split, load_rgb, random_resized_crop, write_json
+
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+IMAGE_SUFFIXES = (".jpeg", ".jpg", ".png", ".bmp", ".webp", ".ppm", ".tif", ".tiff")
+SPLIT_DIRS = {"train": "train", "val": "val", "test": "val"}
+HEAD_INIT_SCALE = 1e-3
+
+_COMMON = dict(img_size=224, epochs=50, warmup_epochs=5, batch_size=1024, weight_decay=0.05, label_smoothing=0.1)
+_COMMON |= dict(mixup=0.8, cutmix=1.0, randaug="rand-m9-mstd0.5-inc1", reprob=0.25, crop_pct=1.0, min_lr=1e-6)
+RECIPES = {
+    "base": _COMMON | dict(lr=7e-4, layer_decay=0.65, drop_path=0.15),
+    "large": _COMMON | dict(lr=2e-4, layer_decay=0.8, drop_path=0.25),
+}
+
+
+class ImageClassificationModel(nn.Module):
+    """Vision-only encoder (no final LN) -> mean of patch tokens -> `fc_norm` -> `head`."""
+
+    def __init__(self, beit3: beit3_core.BEiT3, num_classes: int):
+        super().__init__()
+        dim = beit3.config.embed_dim
+        self.beit3 = beit3
+        self.fc_norm = nn.LayerNorm(dim)
+        self.head = nn.Linear(dim, num_classes)
+        trunc_normal_one_sigma_(self.head.weight, std=0.02)
+        nn.init.zeros_(self.head.bias)
+        with torch.no_grad():
+            # The release shrinks the fresh head so early logits are near zero.
+            self.head.weight.mul_(HEAD_INIT_SCALE)
+            self.head.bias.mul_(HEAD_INIT_SCALE)
+
+    def forward(self, image: torch.Tensor) -> torch.Tensor:
+        x_BND = self.beit3(image=image)
+        pooled_BD = self.fc_norm(x_BND[:, 1:].mean(dim=1))  # CLS excluded
+        return self.head(pooled_BD)  # [B, C]
+
+
+def list_classes(root: str | Path) -> list[str]:
+    """Sorted class folder names of `root/train`."""
+    train = Path(root) / "train"
+    if not train.is_dir():
+        raise FileNotFoundError(f"{train} not found: classes are the sub-folders of train/")
+    return sorted(p.name for p in train.iterdir() if p.is_dir())
+
+
+def _is_image(path: Path) -> bool:
+    return path.is_file() and path.suffix.lower() in IMAGE_SUFFIXES
+
+
+def index_split(root: str | Path, split: str) -> list[tuple[str, int]]:
+    """(path relative to root, label) for every image of the split, in sorted order."""
+    check_split(split, SPLIT_DIRS)
+    root = Path(root)
+    folder = root / SPLIT_DIRS[split]
+    classes = list_classes(root)
+    subdirs = sorted(p for p in folder.iterdir() if p.is_dir()) if folder.is_dir() else []
+    if subdirs:
+        label_of = {name: label for label, name in enumerate(classes)}
+        unknown = [p.name for p in subdirs if p.name not in label_of]
+        if unknown:
+            raise ValueError(f"{folder}: class folders not in train/: {unknown[:5]}")
+        return [
+            (path.relative_to(root).as_posix(), label_of[sub.name])
+            for sub in subdirs
+            for path in sorted(sub.rglob("*"))
+            if _is_image(path)
+        ]
+    labels_file = root / f"{SPLIT_DIRS[split]}.txt"
+    if not labels_file.is_file():
+        raise FileNotFoundError(f"{folder} has no class folders and {labels_file} does not exist")
+    items = []
+    for line in labels_file.read_text(encoding="utf-8").splitlines():
+        if line.strip():
+            name, label = line.split()
+            items.append(((Path(SPLIT_DIRS[split]) / name).as_posix(), int(label)))
+    return items
+
+
+class ImageNetDataset(Dataset):
+    def __init__(self, root: str | Path, split: str, img_size: int, crop_pct: float = 1.0):
+        self.root, self.split, self.img_size, self.crop_pct = Path(root), split, img_size, crop_pct
+        self.classes = list_classes(root)
+        self.items = index_split(root, split)
+
+    def __len__(self) -> int:
+        return len(self.items)
+
+    @property
+    def labels(self) -> dict[str, int]:
+        return dict(self.items)
+
+    def __getitem__(self, index: int) -> dict[str, Any]:
+        rel_path, label = self.items[index]
+        image = load_rgb(self.root / rel_path)
+        if self.split == "train":
+            rendered = random_resized_crop(image, self.img_size, scale=(0.08, 1.0))
+        else:
+            rendered = _resize_center_crop(image, self.img_size, self.crop_pct)
+        x = torch.from_numpy(rendered.copy()).permute(2, 0, 1).float() / 255  # [3, S, S]
+        x = (x - torch.tensor(IMAGENET_MEAN)[:, None, None]) / torch.tensor(IMAGENET_STD)[:, None, None]
+        return {"image": x, "label": label, "image_id": rel_path}
+
+
+def _resize_center_crop(image: np.ndarray, size: int, crop_pct: float) -> np.ndarray:
+    """Resize the short side to size / crop_pct (bicubic), then centre-crop size x size (timm eval)."""
+    height, width = image.shape[:2]
+    short = int(size / crop_pct)
+    new_w, new_h = (
+        (short, max(short, round(height * short / width)))
+        if width <= height
+        else (
+            max(short, round(width * short / height)),
+            short,
+        )
+    )
+    resized = Image.fromarray(image).resize((new_w, new_h), Image.Resampling.BICUBIC)
+    top, left = (new_h - size) // 2, (new_w - size) // 2
+    return np.asarray(resized.crop((left, top, left + size, top + size)), dtype=np.uint8)
+
+
+class ImageNetTask(Task):
+    name = "imagenet"
+    recipes = RECIPES
+    selection_key = "acc1"
+
+    def build_model(self, backbone_name: str, num_classes: int = 1000, **overrides: Any) -> ImageClassificationModel:
+        backbone = beit3_core.build_model(backbone_name, **(overrides | {"normalize_output": False}))
+        return ImageClassificationModel(backbone, num_classes)
+
+    def dataset(self, split: str, root: str | Path, tokenizer: Any, img_size: int, **options: Any) -> ImageNetDataset:
+        return ImageNetDataset(root, split, img_size, **options)
+
+    def loss(self, model: nn.Module, batch: Batch, step: int = 0) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        logits_BC = model(batch["image"])
+        loss = F.cross_entropy(logits_BC, batch["label"], label_smoothing=self.recipe["label_smoothing"])
+        acc = (logits_BC.argmax(dim=-1) == batch["label"]).float().mean()
+        return loss, {"loss": loss.detach(), "acc1": acc.detach()}
+
+    @torch.no_grad()
+    def predict(self, model: nn.Module, batch: Batch) -> list[Record]:
+        logits_BC = model(batch["image"])
+        ranked_BK = logits_BC.topk(min(5, logits_BC.shape[1]), dim=-1).indices.tolist()
+        return [{"image_id": i, "ranked": r} for i, r in zip(batch["image_id"], ranked_BK, strict=True)]
+
+    def evaluate(self, records: Sequence[Record], dataset: ImageNetDataset) -> dict[str, Any]:
+        ranked = {r["image_id"]: r["ranked"] for r in records}
+        ks = (1, 5) if len(dataset.classes) >= 5 else (1,)
+        return {**ranked_accuracy(ranked, dataset.labels, ks=ks), "num_images": len(ranked)}
+
+    def write_submission(self, records: Sequence[Record], path: str | Path, dataset: Dataset) -> Path:
+        # The JSON object that evaluation.score reads: image id -> class indices, best first.
+        return write_json({r["image_id"]: r["ranked"] for r in records}, path)
+
+
+register(ImageNetTask())

@@ -1,0 +1,156 @@
+"""Tests for the miniature benchmarks: built from a generated demo layout (and the real one when present),
+deterministic and idempotent, and read back by the task adapters."""
+
+import hashlib
+import io
+import json
+import tarfile
+from pathlib import Path
+
+import pytest
+import torch
+from PIL import Image
+
+from beit3_core.text_tokenizer import XLMRTokenizer, train_sentencepiece
+from evaluation.miniature import build_miniature_benchmarks, simple_noun
+from evaluation.tasks import TASKS, get_task
+
+NOUNS = ["frog", "ostrich", "hen", "heron", "lark", "duck", "crow", "apple", "tree", "boat", "kite", "cake"]
+REAL_DEMO = Path(__file__).resolve().parents[2] / "data" / "demo"
+SIZES = dict(num_caption_images=24, num_nocaps_images=10, images_per_class=5, num_nlvr2_sets=(6, 3, 3))
+
+
+def _png(color, mode="RGB", size=(40, 30)) -> bytes:
+    buffer = io.BytesIO()
+    Image.new(mode, size, color).save(buffer, format="PNG")
+    return buffer.getvalue()
+
+
+def _add(tar, name, data):
+    info = tarfile.TarInfo(name)
+    info.size = len(data)
+    tar.addfile(info, io.BytesIO(data))
+
+
+def _fake_demo(root: Path) -> Path:
+    (root / "tuxpaint").mkdir(parents=True)
+    for shard in range(2):
+        with tarfile.open(root / "tuxpaint" / f"{shard:05d}.tar", "w") as tar:
+            for index in range(20):
+                key = f"{shard:05d}{index:04d}"
+                noun = NOUNS[(shard * 20 + index) % len(NOUNS)]
+                article = "An" if noun[0] in "aeiou" else "A"
+                caption = f"{article} {noun}." if index % 7 else f"Tux and a {noun} - two friends!"
+                meta = {"key": key, "caption": caption, "stamp": f"animals/{noun}-{shard}-{index}"}
+                _add(tar, f"{key}.json", json.dumps(meta).encode())
+                _add(tar, f"{key}.png", _png((index * 9, shard * 90, 40, 200), mode="RGBA"))
+                _add(tar, f"{key}.txt", caption.encode())
+    (root / "emoji" / "images").mkdir(parents=True)
+    rows = []
+    for i in range(30):
+        name = f"images/{0x1F300 + i:05x}.png"
+        (root / "emoji" / name).write_bytes(_png((i * 8, 50, 90)))
+        rows.append({"image": name, "caption": f"symbol {NOUNS[i % len(NOUNS)]}", "codepoint": f"U+{0x1F300 + i:04X}"})
+    (root / "emoji" / "pairs.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    for c, name in enumerate(["bag", "coat", "dress", "sandal", "shirt", "trouser"]):
+        (root / "fashion_mnist" / name).mkdir(parents=True)
+        for k in range(7):
+            (root / "fashion_mnist" / name / f"train_{c * 100 + k:05d}.png").write_bytes(_png((c * 40, k * 30, 0)))
+    return root
+
+
+def _digest(root: Path) -> str:
+    files = sorted(p for p in root.rglob("*") if p.is_file() and p.name != "miniature_manifest.json")
+    return hashlib.sha256(b"".join(p.relative_to(root).as_posix().encode() + p.read_bytes() for p in files)).hexdigest()
+
+
+@pytest.fixture(scope="module")
+def demo(tmp_path_factory):
+    return _fake_demo(tmp_path_factory.mktemp("demo"))
+
+
+@pytest.fixture(scope="module")
+def built(demo, tmp_path_factory):
+    return build_miniature_benchmarks(demo, tmp_path_factory.mktemp("mini"), seed=3, **SIZES)
+
+
+@pytest.fixture(scope="module")
+def tokenizer(tmp_path_factory):
+    sentences = [f"is this a {n}? what is shown in the picture? an emoji of symbol {n}." for n in NOUNS]
+    model = train_sentencepiece(sentences * 3, tmp_path_factory.mktemp("spm") / "m", 60, hard_vocab_limit=False)
+    return XLMRTokenizer(model)
+
+
+def test_simple_noun():
+    assert simple_noun("A great blue heron.") == "heron"
+    assert simple_noun("An albino peahen (a female peafowl, or peacock).") == "peahen"
+    assert simple_noun("Tux and spider - two friends.") is None
+
+
+def test_official_files_and_markers(built):
+    root = built["out_root"]
+    assert built["built"] and set(built["tasks"]) == set(TASKS)
+    coco = json.loads((root / "coco" / "dataset_coco.json").read_text())
+    assert {i["split"] for i in coco["images"]} == {"train", "restval", "val", "test"}
+    first = coco["images"][0]
+    assert (root / "coco" / first["filepath"] / first["filename"]).is_file()
+    assert first["filename"] == f"COCO_{first['filepath']}_{first['cocoid']:012d}.jpg"
+    nocaps = json.loads((root / "coco" / "nocaps_val_4500_captions.json").read_text())
+    assert nocaps["info"]["synthetic"] is True
+    assert {i["domain"] for i in nocaps["images"]} == {"in-domain", "near-domain", "out-domain"}
+    questions = json.loads((root / "vqav2" / "v2_OpenEnded_mscoco_train2014_questions.json").read_text())
+    annotations = json.loads((root / "vqav2" / "v2_mscoco_train2014_annotations.json").read_text())
+    assert questions["template_generated"] is True and annotations["template_generated"] is True
+    assert all(len(a["answers"]) == 10 for a in annotations["annotations"])
+    lines = (root / "nlvr2" / "nlvr2" / "data" / "dev.json").read_text().splitlines()
+    assert all(
+        json.loads(line)["template_generated"] and json.loads(line)["label"] in ("True", "False") for line in lines
+    )
+    assert sorted(p.name for p in (root / "imagenet" / "train").iterdir()) == sorted(
+        p.name for p in (root / "imagenet" / "val").iterdir()
+    )
+
+
+def test_deterministic_and_idempotent(demo, built, tmp_path):
+    root = built["out_root"]
+    before = _digest(root)
+    again = build_miniature_benchmarks(demo, root, seed=3, **SIZES)
+    assert not again["built"] and _digest(root) == before
+    assert again["tasks"]["vqav2"]["options"] == built["tasks"]["vqav2"]["options"]
+    elsewhere = build_miniature_benchmarks(demo, tmp_path / "other", seed=3, **SIZES)
+    assert _digest(elsewhere["out_root"]) == before
+    reseeded = build_miniature_benchmarks(demo, tmp_path / "other", seed=4, **SIZES)
+    assert reseeded["built"] and _digest(reseeded["out_root"]) != before
+
+
+def _read_back(tasks: dict, tokenizer) -> dict[str, int]:
+    sizes = {}
+    splits = {"imagenet": ("train", "val"), "nlvr2": ("train", "val", "test")}
+    for name, entry in tasks.items():
+        task = get_task(name)
+        for split in splits.get(name, ("train", "val", "test") if name != "vqav2" else ("train", "val")):
+            dataset = task.dataset(split, entry["root"], tokenizer, 32, **entry["options"])
+            assert len(dataset) > 0, (name, split)
+            batch = task.collate([dataset[0], dataset[len(dataset) - 1]])
+            assert batch["image"].shape == (2, 3, 32, 32) and torch.isfinite(batch["image"]).all()
+            sizes[f"{name}/{split}"] = len(dataset)
+    return sizes
+
+
+def test_task_adapters_read_the_miniature(built, tokenizer):
+    sizes = _read_back(built["tasks"], tokenizer)
+    assert sizes["nlvr2/train"] == 12 and sizes["coco_retrieval/test"] == 4
+    vqa = get_task("vqav2").dataset(
+        "val", built["tasks"]["vqav2"]["root"], tokenizer, 32, **built["tasks"]["vqav2"]["options"]
+    )
+    assert vqa.answers and "yes" in vqa.answers and "no" in vqa.answers
+
+
+@pytest.mark.skipif(
+    not (REAL_DEMO / "demo_manifest.json").is_file(), reason="data/demo not built (flows.cli demo-data)"
+)
+def test_real_demo_corpus(tmp_path, tokenizer):
+    result = build_miniature_benchmarks(REAL_DEMO, tmp_path / "mini", seed=0)
+    counts = {name: entry["counts"] for name, entry in result["tasks"].items()}
+    assert counts["coco_captioning"]["train"] >= 100 and counts["nlvr2"]["train"] == 200
+    _read_back(result["tasks"], tokenizer)
