@@ -120,6 +120,7 @@ def prepare_visual_tokenizer(stage: VisualStage, clean_tables: list[Path], folde
                 batch_size=stage.batch_size,
                 lr=stage.lr,
                 seed=seed,
+                restart_dead_every=stage.restart_dead_every,
             )
             folder.mkdir(parents=True, exist_ok=True)
             save_vqkd(tokenizer, path)

@@ -128,7 +128,8 @@ def train_vqkd(
         seed: seeds the initialization, augmentation and k-means.
         device: where to train.
         restart_dead_every: every this many steps, re-seed the codes that no token of those steps used
-            (0 = never, as upstream).
+            (0 = never, as upstream). The last restart comes at least this many steps before the end, so
+            re-seeded codes are always trained (and their usage rechecked) before training stops.
         log_every: steps between log records (each costs a host sync).
         log_fn: receives each log record (`step`, `lr`, `loss`, `rec_loss`, `commit_loss`, `batch_codes_used`).
 
@@ -163,7 +164,9 @@ def train_vqkd(
         optimizer.step()
         if restart_dead_every:
             window_counts += torch.bincount(out["tokens"].flatten(), minlength=config.num_codes)
-            if (step + 1) % restart_dead_every == 0:
+            # No restart in the last window: a code re-seeded there would get no training step and its EMA
+            # would never settle, so the final codebook holds only codes that were trained.
+            if (step + 1) % restart_dead_every == 0 and step + 1 <= steps - restart_dead_every:
                 num_restarted = model.quantize.restart_codes(window_counts == 0, out["z"].flatten(0, 1))
                 logger.info("step %d: re-seeded %d dead codes", step + 1, num_restarted)
                 window_counts.zero_()

@@ -101,6 +101,23 @@ def test_train_accepts_batch_iterables_and_stops_when_dry(caplog: pytest.LogCapt
     assert "ran dry" in caplog.text
 
 
+def test_dead_code_restarts_stop_one_window_before_the_end(caplog: pytest.LogCaptureFixture) -> None:
+    config = vqkd_tiny(img_size=32, patch_size=8, num_codes=64, encoder_depth=1, teacher_dim=156)
+    with caplog.at_level(logging.INFO, logger="preprocessing.vqkd.train"):
+        train_vqkd(
+            coloured_shapes(8, 32, seed=0),
+            config,
+            HOGColorTeacher(patch_size=8),
+            steps=7,
+            batch_size=4,
+            restart_dead_every=2,
+        )
+    restart_steps = [
+        int(r.getMessage().split()[1].rstrip(":")) for r in caplog.records if "re-seeded" in r.getMessage()
+    ]
+    assert restart_steps == [2, 4]  # step 6 would leave re-seeded codes untrained
+
+
 def test_train_rejects_teacher_dim_mismatch() -> None:
     with pytest.raises(ValueError, match="teacher_dim"):
         train_vqkd(coloured_shapes(4, 32, 0), vqkd_tiny(img_size=32, teacher_dim=100), HOGColorTeacher(), steps=1)
