@@ -1,0 +1,285 @@
+"""Fine-tuning configuration: one typed tree whose defaults come from the task's released recipe.
+
+Precedence, lowest first: the dataclass defaults, the task's recipe (`task.recipes["base"]`, or `"large"` for a
+large backbone), then the YAML file / dict. A YAML file looks like
+
+    task: imagenet
+    data: {root: runs/demo/benchmarks/imagenet, batch_size: 32}
+    model: {name: beit3_tiny, init_checkpoint: runs/pretrain/.../final/model.safetensors}
+    run: {epochs: 3}
+
+Dicts may also use flat keys for fields whose name is unique across sections (`epochs: 1`, `output_dir: ...`,
+`mlflow_tracking_uri: ...`: what the pipeline's benchmark step passes) and a `config: path.yaml` key naming a
+YAML file the rest of the dict overrides.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+# Splits with ground truth that the release reports (VQAv2 test-dev/test-std are scored by EvalAI only).
+EVAL_SPLITS = {"imagenet": "val", "vqav2": "val"}
+DEFAULT_EVAL_SPLIT = "test"
+
+# Recipe key -> (section, field).
+RECIPE_FIELDS = {
+    "epochs": ("run", "epochs"),
+    "batch_size": ("data", "batch_size"),
+    "img_size": ("model", "img_size"),
+    "drop_path": ("model", "drop_path_rate"),
+    "lr": ("optim", "lr"),
+    "min_lr": ("optim", "min_lr"),
+    "layer_decay": ("optim", "layer_decay"),
+    "weight_decay": ("optim", "weight_decay"),
+    "warmup_epochs": ("optim", "warmup_epochs"),
+    "betas": ("optim", "betas"),
+    "task_head_lr_weight": ("optim", "head_lr_scale"),
+}
+# Run fields that do not change the trained model (left out of the fingerprint).
+VOLATILE_RUN_FIELDS = ("name", "storage_path", "output_dir", "mlflow_tracking_uri", "mlflow_experiment")
+VOLATILE_RUN_FIELDS += ("ray_address", "max_failures")
+
+
+@dataclass(kw_only=True)
+class DataSection:
+    root: str = ""
+    """The benchmark's official files (layout in the task module's docstring); required."""
+    options: dict = field(default_factory=dict)
+    """Keyword options of `task.dataset` (e.g. `{min_answer_count: 1}` for a miniature VQAv2)."""
+    tokenizer: str | None = None
+    """SentencePiece model read by `XLMRTokenizer`; required by every task with text."""
+    batch_size: int = 32
+    """Global batch per optimizer step, split evenly over the Ray Train workers."""
+    eval_batch_size: int | None = None
+    """Default: 1.5 x the per-worker batch, as the release does."""
+    eval_split: str | None = None
+    """Default: `val` for imagenet and vqav2, `test` otherwise."""
+    train_split: str = "train"
+    loader_workers: int = 0
+    """DataLoader worker processes per rank (0 = load in the training process)."""
+
+
+@dataclass(kw_only=True)
+class ModelSection:
+    name: str = "beit3_base_patch16_224"
+    """A `beit3_core.list_models()` name; with one of our safetensors checkpoints its shape comes from the file."""
+    overrides: dict = field(default_factory=dict)
+    """BEiT3Config fields (e.g. tiny test dims)."""
+    head_options: dict = field(default_factory=dict)
+    """`task.build_model` head options; `num_classes` / `num_answers` default to the training split's."""
+    init_checkpoint: str | None = None
+    """Ours (`.safetensors`: backbone, MDM or fine-tuned task model), a released `.pth`, or None (random init)."""
+    img_size: int = 224
+    drop_path_rate: float = 0.1
+
+
+@dataclass(kw_only=True)
+class OptimSection:
+    lr: float = 1e-4
+    min_lr: float = 1e-6
+    layer_decay: float = 1.0
+    """Layer-wise LR decay (1.0 = off)."""
+    head_lr_scale: float = 1.0
+    """The release's `--task_head_lr_weight` (VQAv2: 20); only without layer decay."""
+    weight_decay: float = 0.05
+    betas: tuple[float, float] = (0.9, 0.999)
+    eps: float = 1e-8
+    warmup_epochs: float = 1.0
+    grad_clip: float | None = None
+    """Max gradient norm; None = no clipping (the release's default). The norm is logged either way."""
+
+
+@dataclass(kw_only=True)
+class RunSection:
+    epochs: int = 10
+    seed: int = 0
+    log_every: int = 10
+    """Optimizer steps between MLflow metric logs (the only host syncs of the loop)."""
+    num_workers: int = 2
+    """Ray Train workers (ranks)."""
+    cpus_per_worker: float = 1.0
+    use_gpu: bool = False
+    max_failures: int = 2
+    keep_checkpoints: int = 2
+    ray_address: str | None = None
+    """None = reuse an initialised Ray, else RAY_ADDRESS, else a local Ray started for the run."""
+    storage_path: str = "runs/finetune"
+    """Ray Train storage: a local folder or a pyarrow URI (s3://, gs://, ...)."""
+    name: str | None = None
+    """Ray run name; default `finetune-<task>-<config hash>-<timestamp>`. An existing name is an error."""
+    output_dir: str | None = None
+    """Where the fine-tuned model and the submission go; default `<storage_path>/<run name>/final`."""
+    mlflow_tracking_uri: str | None = None
+    """Default: MLFLOW_TRACKING_URI, else sqlite:///<storage_path>/mlflow.db."""
+    mlflow_experiment: str = "beit3-finetune"
+
+
+SECTIONS = {"data": DataSection, "model": ModelSection, "optim": OptimSection, "run": RunSection}
+
+
+@dataclass(kw_only=True)
+class FinetuneConfig:
+    task: str
+    """An `evaluation.tasks` name."""
+    data: DataSection = field(default_factory=DataSection)
+    model: ModelSection = field(default_factory=ModelSection)
+    optim: OptimSection = field(default_factory=OptimSection)
+    run: RunSection = field(default_factory=RunSection)
+
+    def __post_init__(self) -> None:
+        if self.run.epochs < 1 or self.data.batch_size < 1:
+            raise ValueError(f"epochs and batch_size must be >= 1, got {self.run.epochs}, {self.data.batch_size}")
+        if self.data.batch_size % self.run.num_workers:
+            raise ValueError(
+                f"batch_size {self.data.batch_size} must be a multiple of run.num_workers {self.run.num_workers}"
+            )
+        if self.optim.head_lr_scale != 1.0 and self.optim.layer_decay != 1.0:
+            raise ValueError("optim.head_lr_scale applies only without layer decay (optim.layer_decay: 1.0)")
+        if self.task != "imagenet" and not self.data.tokenizer:
+            raise ValueError(f"task {self.task!r} reads text: set data.tokenizer to a SentencePiece model")
+
+    @property
+    def eval_split(self) -> str:
+        return self.data.eval_split or EVAL_SPLITS.get(self.task, DEFAULT_EVAL_SPLIT)
+
+    @property
+    def eval_batch_size(self) -> int:
+        return self.data.eval_batch_size or max(1, int(1.5 * self.data.batch_size // self.run.num_workers))
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+    def flat(self) -> dict[str, str]:
+        """`section.field` -> value, for MLflow params."""
+        out = {"task": self.task}
+        for name, section in self.to_dict().items():
+            if isinstance(section, dict):
+                out |= {
+                    f"{name}.{k}": json.dumps(v) if isinstance(v, dict | list | tuple) else str(v)
+                    for k, v in section.items()
+                }
+        return out
+
+    def fingerprint(self) -> str:
+        """Hash of everything that shapes the fine-tuned model (not where it is stored or logged)."""
+        d = self.to_dict()
+        for volatile in VOLATILE_RUN_FIELDS:
+            d["run"].pop(volatile)
+        return hashlib.sha256(json.dumps(d, sort_keys=True).encode()).hexdigest()[:12]
+
+
+def _param_text(value: Any) -> str:
+    return json.dumps(value) if isinstance(value, dict | list | tuple) else str(value)
+
+
+def recipe_overrides(task_name: str, model_name: str) -> dict[str, dict[str, Any]]:
+    """The task's released recipe as nested config overrides (large recipe for a large backbone)."""
+    from evaluation.tasks import get_task
+
+    task = get_task(task_name)
+    size = "large" if "large" in model_name and "large" in task.recipes else "base"
+    out: dict[str, dict[str, Any]] = {}
+    for key, value in task.recipes[size].items():
+        if key in RECIPE_FIELDS:
+            section, name = RECIPE_FIELDS[key]
+            out.setdefault(section, {})[name] = value
+    return out
+
+
+def nest(raw: dict[str, Any]) -> dict[str, Any]:
+    """Sections as they are; flat keys moved into the one section that has a field of that name."""
+    owners: dict[str, list[str]] = {}
+    for section, cls in SECTIONS.items():
+        for f in dataclasses.fields(cls):
+            owners.setdefault(f.name, []).append(section)
+    out: dict[str, Any] = {}
+    for key, value in raw.items():
+        if key in SECTIONS:
+            if not isinstance(value, dict):
+                raise ValueError(f"config section {key!r} must be a mapping, got {value!r}")
+            out[key] = _merge(out.get(key, {}), value)
+        elif key in ("task", "config"):
+            out[key] = value
+        elif len(owners.get(key, [])) == 1:
+            out = _merge(out, {owners[key][0]: {key: value}})
+        else:
+            where = f"one of the sections {owners[key]}" if key in owners else f"no section of {sorted(SECTIONS)}"
+            raise ValueError(f"unknown or ambiguous config key {key!r} (found in {where}); use section.field")
+    return out
+
+
+def build_finetune_config(task: str, overrides: dict[str, Any] | None = None) -> FinetuneConfig:
+    """Defaults < the task recipe < `overrides` (nested or flat, optionally with `config: file.yaml`)."""
+    overrides = nest(dict(overrides or {}))
+    if "config" in overrides:
+        overrides = _merge(_read_yaml(overrides.pop("config")), overrides)
+    named = overrides.pop("task", task)
+    if named != task:
+        raise ValueError(f"config is for task {named!r}, not {task!r}")
+    model_name = overrides.get("model", {}).get("name", ModelSection().name)
+    merged = _merge(recipe_overrides(task, model_name), overrides)
+    sections = {}
+    for name, cls in SECTIONS.items():
+        values = dict(merged.get(name, {}))
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = set(values) - known
+        if unknown:
+            raise ValueError(f"unknown fields in section {name!r}: {sorted(unknown)}; known: {sorted(known)}")
+        if "betas" in values:
+            values["betas"] = tuple(values["betas"])
+        sections[name] = cls(**values)
+    return FinetuneConfig(task=task, **sections)
+
+
+def load_finetune_config(path: str | Path, task: str | None = None, overrides: dict | None = None) -> FinetuneConfig:
+    """Read a YAML file (`task:` plus sections); `task` (if given) must agree with the file's."""
+    raw = _read_yaml(path)
+    name = task or raw.get("task")
+    if not name:
+        raise ValueError(f"{path}: no task given and no `task:` in the file")
+    return build_finetune_config(name, _merge(raw, nest(overrides or {})))
+
+
+def to_finetune_config(task: str, config: FinetuneConfig | dict | str | Path) -> FinetuneConfig:
+    if isinstance(config, FinetuneConfig):
+        if config.task != task:
+            raise ValueError(f"config is for task {config.task!r}, not {task!r}")
+        return config
+    if isinstance(config, str | Path):
+        return load_finetune_config(config, task)
+    return build_finetune_config(task, config)
+
+
+def resolve_paths(cfg: FinetuneConfig) -> FinetuneConfig:
+    """A copy with local paths absolute (Ray workers run in another directory)."""
+
+    def absolute(value: str | None) -> str | None:
+        return value if not value or "://" in value else str(Path(value).resolve())
+
+    data = dataclasses.replace(cfg.data, root=absolute(cfg.data.root), tokenizer=absolute(cfg.data.tokenizer))
+    model = dataclasses.replace(cfg.model, init_checkpoint=absolute(cfg.model.init_checkpoint))
+    run = dataclasses.replace(
+        cfg.run, storage_path=absolute(cfg.run.storage_path), output_dir=absolute(cfg.run.output_dir)
+    )
+    return dataclasses.replace(cfg, data=data, model=model, run=run)
+
+
+def _read_yaml(path: str | Path) -> dict[str, Any]:
+    raw = yaml.safe_load(Path(path).read_text()) or {}
+    if not isinstance(raw, dict):
+        raise ValueError(f"{path}: expected a mapping at the top level")
+    return nest(raw)
+
+
+def _merge(base: dict, update: dict) -> dict:
+    out = dict(base)
+    for key, value in update.items():
+        out[key] = _merge(out[key], value) if isinstance(value, dict) and isinstance(out.get(key), dict) else value
+    return out

@@ -1,0 +1,236 @@
+"""Fine-tuning + evaluation end to end: real Ray Train (2 CPU workers, gloo DDP), real MLflow, miniature benchmarks.
+
+The benchmarks are built by `evaluation.miniature` from a small generated demo layout; the backbone is a micro
+BEiT-3 (64 wide, 2 layers, 32 px) with a SentencePiece model trained here. One local Ray serves the module
+(`run_finetune` reuses an initialised Ray). Worker kills and resumption are covered by the pretraining tests.
+"""
+
+import io
+import json
+import os
+import tarfile
+from pathlib import Path
+
+import mlflow
+import pytest
+import torch
+import yaml
+from PIL import Image
+
+from beit3_core.checkpoint import save_checkpoint
+from beit3_core.config import get_config
+from beit3_core.mdm import BEiT3ForMDM
+from beit3_core.text_tokenizer import train_sentencepiece
+from evaluation.finetune import build_finetune_config, evaluate_checkpoint, load_finetune_config, run_finetune
+from evaluation.finetune.weights import load_task_checkpoint
+from evaluation.miniature import build_miniature_benchmarks
+from flows.cli import main as cli_main
+
+pytestmark = pytest.mark.slow
+
+NOUNS = ["frog", "ostrich", "hen", "heron", "lark", "duck", "crow", "apple", "tree", "boat", "kite", "cake"]
+CLASSES = ["bag", "coat", "dress", "sandal", "shirt", "trouser"]
+MICRO = {"embed_dim": 64, "num_layers": 2, "num_heads": 4, "ffn_dim": 128, "patch_size": 16}
+EXPERIMENT = "finetune-test"
+
+
+def _png(color, mode="RGB", size=(40, 30)) -> bytes:
+    buffer = io.BytesIO()
+    Image.new(mode, size, color).save(buffer, format="PNG")
+    return buffer.getvalue()
+
+
+def _add(tar: tarfile.TarFile, name: str, data: bytes) -> None:
+    info = tarfile.TarInfo(name)
+    info.size = len(data)
+    tar.addfile(info, io.BytesIO(data))
+
+
+def _fake_demo(root: Path) -> Path:
+    """Tux Paint tars (stamp + caption), emoji with names and Fashion-MNIST-style class folders."""
+    (root / "tuxpaint").mkdir(parents=True)
+    with tarfile.open(root / "tuxpaint" / "00000.tar", "w") as tar:
+        for index in range(30):
+            noun = NOUNS[index % len(NOUNS)]
+            key = f"{index:05d}"
+            meta = {"key": key, "caption": f"A {noun}.", "stamp": f"animals/{noun}-{index}"}
+            _add(tar, f"{key}.json", json.dumps(meta).encode())
+            _add(tar, f"{key}.png", _png((index * 8, 20 * (index % 12), 200 - index * 5, 255), mode="RGBA"))
+    (root / "emoji" / "images").mkdir(parents=True)
+    rows = []
+    for i in range(24):
+        name = f"images/{0x1F300 + i:05x}.png"
+        (root / "emoji" / name).write_bytes(_png((i * 10, 250 - i * 10, 90)))
+        rows.append({"image": name, "caption": f"symbol {NOUNS[i % len(NOUNS)]}"})
+    (root / "emoji" / "pairs.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    for c, name in enumerate(CLASSES):
+        (root / "fashion_mnist" / name).mkdir(parents=True)
+        for k in range(6):
+            path = root / "fashion_mnist" / name / f"train_{c * 100 + k:05d}.png"
+            path.write_bytes(_png((c * 40, 255 - c * 40, k * 10)))
+    return root
+
+
+@pytest.fixture(scope="module")
+def ray_local():
+    import ray
+
+    os.environ.setdefault("RAY_AUTH_MODE", "disabled")
+    # The Train controller polls its workers every 2 s by default: most of a micro run's wall time here.
+    os.environ.setdefault("RAY_TRAIN_HEALTH_CHECK_INTERVAL_S", "0.2")
+    ray.init(address="local", num_cpus=3, include_dashboard=False, log_to_driver=False, object_store_memory=300 << 20)
+    yield
+    ray.shutdown()
+
+
+@pytest.fixture(scope="module")
+def bench(tmp_path_factory) -> dict:
+    """Miniature benchmarks, a tokenizer trained on their texts and a micro MDM checkpoint to start from."""
+    folder = tmp_path_factory.mktemp("finetune")
+    demo = _fake_demo(folder / "demo")
+    sizes = dict(num_caption_images=24, num_nocaps_images=5, images_per_class=5, num_nlvr2_sets=(6, 3, 3))
+    tasks = build_miniature_benchmarks(demo, folder / "mini", seed=0, **sizes)["tasks"]
+    sentences = [f"a {n}. is this a {n}? what is shown in the picture? an emoji of symbol {n}." for n in NOUNS]
+    sentences += [f"the left image shows a {c}. both images show a {c}." for c in CLASSES]
+    spm = train_sentencepiece(sentences * 3, folder / "spm" / "m", 80, hard_vocab_limit=False)
+    torch.manual_seed(0)
+    mdm = BEiT3ForMDM(get_config("beit3_tiny", **MICRO, img_size=32, vocab_size=96, visual_vocab_size=16))
+    pretrained = save_checkpoint(mdm, folder / "pretrained.safetensors")
+    return {"folder": folder, "tasks": tasks, "tokenizer": spm, "pretrained": pretrained}
+
+
+def _config(bench: dict, task: str, batch_size: int = 4, **run) -> dict:
+    entry = bench["tasks"][task]
+    data = {"root": str(entry["root"]), "options": entry["options"], "tokenizer": str(bench["tokenizer"])}
+    return {
+        "data": data | {"batch_size": batch_size},
+        "model": {"name": "beit3_tiny", "overrides": MICRO, "img_size": 32, "drop_path_rate": 0.0},
+        "optim": {"lr": 2e-3, "layer_decay": 0.9, "warmup_epochs": 0.5, "grad_clip": 3.0, "head_lr_scale": 1.0},
+        "run": {
+            "epochs": 2,
+            "log_every": 2,
+            "storage_path": str(bench["folder"] / "runs"),
+            "mlflow_experiment": EXPERIMENT,
+        }
+        | run,
+    }
+
+
+def _finetune(bench: dict, task: str, **run) -> dict:
+    return run_finetune(task, _config(bench, task, **run), init_checkpoint=str(bench["pretrained"]))
+
+
+def _run(result: dict):
+    client = mlflow.MlflowClient(tracking_uri=result["tracking_uri"])
+    return client, client.get_run(result["mlflow_run_id"])
+
+
+def _check_run(result: dict, task: str, metric: str) -> None:
+    client, run = _run(result)
+    assert run.info.status == "FINISHED" and run.data.tags["beit3.task"] == task
+    params = run.data.params
+    assert params["task"] == task and params["run.epochs"] == "2" and params["data.batch_size"] == "4"
+    assert json.loads(params["backbone"])["embed_dim"] == 64 and params["model.init_checkpoint"].endswith(
+        "pretrained.safetensors"
+    )
+    history = client.get_metric_history(run.info.run_id, "loss")
+    assert history and all(torch.isfinite(torch.tensor(m.value)) for m in history)
+    assert {m.step for m in history} >= {2}
+    assert f"eval_{metric}" in run.data.metrics
+    assert run.data.metrics[f"eval_{metric}"] == pytest.approx(result["metrics"][metric])
+    artifacts = {a.path for a in client.list_artifacts(run.info.run_id)}
+    assert {"finetune_config.yaml", "submission"} <= artifacts
+    submitted = [a.path for a in client.list_artifacts(run.info.run_id, "submission")]
+    assert submitted == [f"submission/{Path(result['submission']).name}"]
+    assert Path(result["submission"]).is_file() and Path(result["checkpoint"]).is_file()
+    model, header = load_task_checkpoint(result["checkpoint"])
+    assert header["task"] == task and model.beit3.config.embed_dim == 64
+
+
+def test_imagenet(bench, ray_local):
+    result = _finetune(bench, "imagenet")
+    metrics = result["metrics"]
+    assert result["eval_split"] == "val" and metrics["num_images"] == 6
+    assert 0 <= metrics["acc1"] <= metrics["acc5"] <= 100
+    _check_run(result, "imagenet", "acc1")
+    ranked = json.loads(Path(result["submission"]).read_text())
+    assert len(ranked) == 6 and all(len(r) == 5 for r in ranked.values())
+    # Evaluating the fine-tuned checkpoint again reproduces the metrics (deterministic eval transform).
+    again = evaluate_checkpoint("imagenet", result["checkpoint"], _config(bench, "imagenet"))
+    assert again["metrics"]["acc1"] == metrics["acc1"]
+
+
+def _cli(argv: list[str], capsys) -> dict:
+    """Run `beit3 ...` in this process (reusing its Ray); what it printed, keyed as `run_finetune` returns it."""
+    assert cli_main(argv) == 0
+    metrics, where, submission, mlflow_line = capsys.readouterr().out.splitlines()[:4]
+    split, checkpoint = where.split(" split; checkpoint: ")
+    _, _, run_id, _, uri = mlflow_line.split()
+    return {
+        "metrics": json.loads(metrics),
+        "eval_split": split,
+        "checkpoint": checkpoint,
+        "submission": submission.removeprefix("submission: "),
+        "mlflow_run_id": run_id,
+        "tracking_uri": uri,
+    }
+
+
+def test_coco_retrieval_through_the_cli(bench, ray_local, tmp_path, capsys):
+    config = _config(bench, "coco_retrieval", epochs=1) | {"task": "coco_retrieval"}
+    path = tmp_path / "retrieval.yaml"
+    path.write_text(yaml.safe_dump(config))
+    argv = ["finetune", "coco_retrieval", str(path), "--set", "run.epochs=2", "--init", str(bench["pretrained"])]
+    result = _cli(argv, capsys)
+    metrics = result["metrics"]
+    assert result["eval_split"] == "test" and metrics["num_images"] == 4 and metrics["num_texts"] == 4
+    for key in ("tr_r1", "tr_r5", "ir_r1", "ir_r5", "average_score"):
+        assert 0 <= metrics[key] <= 100
+    assert metrics["tr_r5"] == 100.0  # 4 candidates: recall@5 is clamped to all of them
+    _check_run(result, "coco_retrieval", "average_score")
+
+
+def test_evaluate_cli_zero_shot_from_pretrained(bench, tmp_path, capsys):
+    """`beit3 evaluate` on a backbone checkpoint (zero-shot retrieval: no training, heads at init)."""
+    config = _config(bench, "flickr30k_retrieval") | {"task": "flickr30k_retrieval"}
+    path = tmp_path / "flickr.yaml"
+    path.write_text(yaml.safe_dump(config))
+    assert load_finetune_config(path).model.img_size == 32
+    result = _cli(["evaluate", "flickr30k_retrieval", str(bench["pretrained"]), "--config", str(path)], capsys)
+    assert result["eval_split"] == "test" and 0 <= result["metrics"]["average_score"] <= 100
+    _, run = _run(result)
+    assert run.info.status == "FINISHED" and run.data.tags["beit3.step"] == "evaluate"
+    assert run.data.metrics["eval_average_score"] == pytest.approx(result["metrics"]["average_score"])
+    assert run.data.params["checkpoint"] == str(bench["pretrained"])
+    assert Path(result["submission"]).is_file()
+
+
+def test_pipeline_style_config(bench):
+    """What the pipeline's benchmark step passes: flat keys over a `config:` YAML."""
+    path = bench["folder"] / "vqa.yaml"
+    config = _config(bench, "vqav2") | {"task": "vqav2"}
+    path.write_text(yaml.safe_dump(config))
+    flat = {"config": str(path), "epochs": 1, "output_dir": "/out", "mlflow_experiment": "pipeline"}
+    cfg = build_finetune_config("vqav2", flat)
+    assert (cfg.run.epochs, cfg.run.output_dir, cfg.run.mlflow_experiment) == (1, "/out", "pipeline")
+    assert cfg.data.options["min_answer_count"] == 1 and cfg.optim.lr == 2e-3
+    assert cfg.optim.betas == (0.9, 0.98) and cfg.eval_split == "val"  # from the released VQAv2 recipe
+    with pytest.raises(ValueError, match="ambiguous"):
+        build_finetune_config("vqav2", {"name": "x"})
+    with pytest.raises(ValueError, match="not 'imagenet'"):
+        build_finetune_config("imagenet", flat)
+
+
+@pytest.mark.parametrize(
+    ("task", "metric", "split", "low", "high"),
+    [
+        ("nlvr2", "accuracy", "test", 0, 100),
+        ("vqav2", "overall", "val", 0, 100),
+        ("coco_captioning", "CIDEr", "test", 0, 10),  # pycocoevalcap's scale: CIDEr-D lies in [0, 10]
+    ],
+)
+def test_other_tasks(bench, ray_local, task, metric, split, low, high):
+    result = _finetune(bench, task)
+    assert result["eval_split"] == split
+    assert low <= result["metrics"][metric] <= high
+    _check_run(result, task, metric)
