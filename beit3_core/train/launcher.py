@@ -63,13 +63,13 @@ def resolve_model_config(cfg: PretrainConfig) -> tuple[dict, dict]:
     return config.to_dict(), {"mask_id": text["mask_id"]}
 
 
-def _tracking_uri(cfg: PretrainConfig, storage: RunStorage, run_dir: Path) -> str:
+def default_tracking_uri(cfg: PretrainConfig, storage: RunStorage, run_dir: Path) -> str:
     # Default: a SQLite store beside the runs (on local disk also when the storage is remote).
     local = storage.local_root or run_dir.parent
     return cfg.run.mlflow_tracking_uri or os.environ.get("MLFLOW_TRACKING_URI") or f"sqlite:///{local}/mlflow.db"
 
 
-def _start_ray(cfg: PretrainConfig) -> None:
+def start_ray(cfg: PretrainConfig) -> None:
     import ray
 
     os.environ.setdefault("RAY_AUTH_MODE", "disabled")
@@ -145,7 +145,7 @@ def run_pretraining(cfg: PretrainConfig, resume: str | None = None) -> PretrainR
         info = {}
     # Final exports are also kept on local disk (the run folder itself when storage is local).
     run_dir = storage.local_root / run_name if storage.local_root else Path(LOCAL_CACHE).resolve() / run_name
-    tracking_uri = _tracking_uri(cfg, storage, run_dir)
+    tracking_uri = default_tracking_uri(cfg, storage, run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
     mlflow_run_id = _open_mlflow_run(
         cfg, tracking_uri, run_dir.parent, run_name, model_config, info.get("mlflow_run_id")
@@ -159,7 +159,7 @@ def run_pretraining(cfg: PretrainConfig, resume: str | None = None) -> PretrainR
     }
     storage.write_text(json.dumps(info, indent=2), run_name, RUN_INFO)
 
-    _start_ray(cfg)
+    start_ray(cfg)
     trainer = TorchTrainer(
         train_loop_per_worker,
         train_loop_config={

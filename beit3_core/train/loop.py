@@ -58,7 +58,7 @@ def train_loop_per_worker(loop_config: dict) -> None:
         start_step = state["step"]
         logger.info("rank %d resumed from step %d", rank, start_step)
 
-    logger_run = _MlflowRank0(loop_config) if rank == 0 else None
+    logger_run = MlflowRank0Logger(loop_config) if rank == 0 else None
     batches = build_step_batches(
         cfg, loop_config["model_config"], loop_config["data_info"], rank, world_size, start_step
     )
@@ -126,7 +126,7 @@ def _inject_fault(cfg: PretrainConfig, rank: int, step: int) -> None:
     os.kill(os.getpid(), signal.SIGKILL)
 
 
-class _MlflowRank0:
+class MlflowRank0Logger:
     """Rank 0 logs into the run the driver opened (one writer; survives worker restarts with the same run)."""
 
     def __init__(self, loop_config: dict):

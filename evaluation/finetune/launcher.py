@@ -25,8 +25,8 @@ from typing import Any
 import torch
 
 from beit3_core.config import get_config
-from beit3_core.train.launcher import _start_ray as start_ray
-from beit3_core.train.launcher import _tracking_uri as tracking_uri_for
+from beit3_core.train.launcher import default_tracking_uri as tracking_uri_for
+from beit3_core.train.launcher import start_ray
 from beit3_core.train.storage import RunStorage
 from evaluation.finetune.config import FinetuneConfig, resolve_paths, to_finetune_config
 from evaluation.finetune.loop import load_tokenizer

@@ -32,7 +32,7 @@ from safetensors.torch import load_file
 from torch import nn
 from torch.utils.data import DataLoader, DistributedSampler
 
-from beit3_core.train.loop import _MlflowRank0 as MlflowRank0
+from beit3_core.train.loop import MlflowRank0Logger as MlflowRank0
 from beit3_core.train.schedule import cosine_with_warmup
 from evaluation.finetune.config import build_finetune_config
 from evaluation.finetune.predict import to_device
