@@ -1,0 +1,127 @@
+"""The `beit3-pipeline` Prefect flow: raw sources -> shards -> MDM pretraining -> benchmarks -> results.json.
+
+    ingest[<source>] --> preprocess --> pretrain --> finetune[<task>] --> report
+    (one per source)                                 (one per benchmark)
+
+Each step is a task in `flows.steps` whose cache key is the content fingerprint of its inputs + its resolved
+config + its code version (`flows.steps.keys`), so an unchanged rerun is all cache hits and a changed raw file
+or benchmark config reruns only what depends on it. Heavy steps call Ray from inside the task (no
+RayTaskRunner, spec 1.4); the default thread runner fans out ingest and fine-tuning. One MLflow parent run per
+flow run, nested runs per executed step.
+
+Run it with `beit3 run CONFIG` (`flows.commands.run`), which sets up the local environment first; a deployment
+(`beit3 deploy`) calls the flow with the same parameters.
+"""
+
+from pathlib import Path
+
+from prefect import flow
+from prefect.runtime import flow_run
+
+from flows.settings import Settings
+from flows.steps.config import benchmark_config, load_pipeline_config, resolve_preprocess, resolve_pretrain
+from flows.steps.finetune import finetune
+from flows.steps.ingest import ingest
+from flows.steps.preprocess import preprocess
+from flows.steps.pretrain import pretrain
+from flows.steps.report import RESULTS_FILE, report
+from flows.steps.runner import Selection, StepRunner
+from flows.steps.tracking import finish_parent_run, start_parent_run
+
+
+@flow(name="beit3-pipeline")
+def beit3_pipeline(
+    config_path: str,
+    only: list[str] | None = None,
+    from_step: str | None = None,
+    force: list[str] | None = None,
+) -> dict:
+    """Run the pipeline of one config file.
+
+    Args:
+        config_path: Pipeline YAML (see `flows.steps.config`).
+        only: Run only these steps (`preprocess`, `finetune`, `finetune:vqav2`, ...); earlier steps' last outputs
+            from the run directory's ledger feed them.
+        from_step: Run this step and every step after it; earlier steps are not run.
+        force: Ignore the cache of these steps (`all` for every step).
+    """
+    cfg = load_pipeline_config(config_path)
+    settings = Settings()
+    pre_cfg = resolve_preprocess(cfg)
+    pretrain_cfg = resolve_pretrain(cfg, settings.tracking_uri(cfg.run_dir), settings.ray_address)
+    labels = [f"ingest[{s.name}]" for s in pre_cfg.sources] + ["preprocess", "pretrain"]
+    labels += [f"finetune[{b.task}]" for b in cfg.benchmarks] + ["report"]
+    selection = Selection.parse(only, from_step, force)
+    selection.check(labels)
+
+    tracking = start_parent_run(
+        settings.tracking_uri(cfg.run_dir),
+        cfg.mlflow_experiment,
+        settings.artifact_location(cfg.run_dir),
+        f"pipeline-{flow_run.name}",
+        cfg.fingerprint(),
+        {"beit3.prefect_flow_run_id": str(flow_run.id), "beit3.run_dir": str(cfg.run_dir)},
+    )
+    steps = StepRunner(cfg.run_dir, labels, selection, cfg.execution, str(flow_run.id))
+    dataset = results = None
+    status = "FAILED"
+    try:
+        files_per_shard = pre_cfg.shards.files_per_shard
+        sources = steps.map(
+            "ingest", ingest, {s.name: {"spec": s, "files_per_shard": files_per_shard} for s in pre_cfg.sources}
+        )
+        dataset = steps.run(
+            "preprocess", preprocess, cfg=pre_cfg, sources=list(sources.values()), settings=settings, tracking=tracking
+        )
+        pretrained = steps.run(
+            "pretrain",
+            pretrain,
+            cfg=pretrain_cfg,
+            dataset=dataset,
+            settings=settings,
+            tracking=tracking,
+            force=selection.forced("pretrain"),
+        )
+        finetuned = steps.map(
+            "finetune",
+            finetune,
+            {
+                b.task: {
+                    "task_name": b.task,
+                    "config": benchmark_config(b, cfg, pre_cfg),
+                    "pretrained": pretrained,
+                    "run_dir": str(cfg.run_dir),
+                    "settings": settings,
+                    "tracking": tracking,
+                }
+                for b in cfg.benchmarks
+            },
+        )
+        reported = steps.run(
+            "report",
+            report,
+            run_dir=str(cfg.run_dir),
+            dataset=dataset,
+            pretrained=pretrained,
+            benchmarks=list(finetuned.values()),
+        )
+        results = reported["results"] if reported else None
+        status = "FINISHED"
+    finally:
+        tags = {"beit3.dataset_version": dataset["dataset_version"]} if dataset else {}
+        failed = [
+            label
+            for label, s in steps.states.items()
+            if s["state"] not in ("Completed", "Cached", "NotAvailable", "Skipped")
+        ]
+        tags |= {"beit3.failed_step": failed[0]} if failed else {}
+        results_file = Path(cfg.run_dir) / RESULTS_FILE if results else None
+        finish_parent_run(tracking, status, steps.states, results, results_file, tags)
+        steps.close()
+    return {
+        "flow_run_id": str(flow_run.id),
+        "mlflow_run_id": tracking.parent_run_id,
+        "run_dir": str(cfg.run_dir),
+        "steps": steps.states,
+        "results": results,
+    }

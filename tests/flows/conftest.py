@@ -1,0 +1,111 @@
+"""Shared set-up of the flow tests: a real Prefect test server, a real local Ray, the stand-in fine-tuning module.
+
+The environment is set at import time, before any test module imports prefect (which reads it then).
+"""
+
+import importlib.util
+import os
+import sys
+from pathlib import Path
+
+import pytest
+
+os.environ["RAY_AUTH_MODE"] = "disabled"
+os.environ["PREFECT_SERVER_ANALYTICS_ENABLED"] = "false"
+os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "90")
+for name in ("MLFLOW_TRACKING_URI", "RAY_ADDRESS", "PREFECT_API_URL", "BEIT3_RESULT_STORAGE"):
+    os.environ.pop(name, None)
+
+
+@pytest.fixture(scope="session")
+def prefect_server():
+    from prefect.testing.utilities import prefect_test_harness
+
+    with prefect_test_harness(server_startup_timeout=90):
+        yield
+
+
+@pytest.fixture(scope="session")
+def ray_local():
+    """One local Ray for every flow run of the session (the flow reuses an initialised Ray)."""
+    import ray
+
+    ray.init(address="local", num_cpus=3, object_store_memory=400 << 20, include_dashboard=False, log_to_driver=False)
+    yield
+    ray.shutdown()
+
+
+@pytest.fixture(scope="session")
+def fake_finetune():
+    """`evaluation.finetune` does not exist yet; the pipeline imports this stand-in in its place."""
+    spec = importlib.util.spec_from_file_location("evaluation.finetune", Path(__file__).with_name("fake_finetune.py"))
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    real = sys.modules.get("evaluation.finetune")
+    sys.modules["evaluation.finetune"] = module
+    yield module
+    if real is None:
+        sys.modules.pop("evaluation.finetune", None)
+    else:
+        sys.modules["evaluation.finetune"] = real
+
+
+PRETRAIN_OVERRIDES = {
+    # The tiny model of tests/integration/test_pretrain_ray.py, 4 steps on one Ray Train worker.
+    "model": {
+        "overrides": {
+            "embed_dim": 64,
+            "num_layers": 2,
+            "num_heads": 4,
+            "ffn_dim": 128,
+            "img_size": 32,
+            "patch_size": 16,
+        }
+    },
+    "data": {
+        "images_per_step": 4,
+        "texts_per_step": 4,
+        "pairs_per_step": 4,
+        "text_len": 16,
+        "pair_text_len": 8,
+        "num_workers": 0,
+    },
+    "optim": {"warmup_steps": 2},
+    "run": {"steps": 4, "checkpoint_every": 4, "log_every": 2, "num_workers": 1, "max_failures": 0},
+}
+
+
+def write_pipeline_config(folder: Path, preprocess: Path, benchmarks: list, name: str = "pipeline.yaml") -> Path:
+    """A pipeline YAML over a tiny preprocessing config; no I/O retry delay so failures report at once."""
+    import yaml
+
+    config = {
+        "run_dir": str(folder / "run"),
+        "preprocess": str(preprocess),
+        "pretrain": {"recipe": "tiny_cpu", "overrides": PRETRAIN_OVERRIDES},
+        "benchmarks": benchmarks,
+        "execution": {"io_retries": 1, "retry_delay_seconds": [0]},
+    }
+    path = folder / name
+    path.write_text(yaml.safe_dump(config, sort_keys=False))
+    return path
+
+
+@pytest.fixture(scope="session")
+def pipeline_config_writer():
+    return write_pipeline_config
+
+
+def task_run_states(flow_run_id: str) -> dict[str, str]:
+    """Task run name -> final state name, as the Prefect server recorded them."""
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterId
+
+    with get_client(sync_client=True) as client:
+        runs = client.read_task_runs(flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=[flow_run_id])))
+    return {run.name: run.state.name for run in runs}
+
+
+@pytest.fixture(scope="session")
+def prefect_states():
+    return task_run_states

@@ -1,0 +1,108 @@
+"""`beit3 deploy` against a real Prefect server started by `infra/local_stack.sh` (with a two-node Ray and an
+MLflow server on 127.0.0.1), and the infra manifests' shape."""
+
+import json
+import os
+import subprocess
+import sys
+import urllib.request
+from pathlib import Path
+
+import pytest
+import yaml
+from support.raw_data import build_raw_dataset, tiny_preprocess_config
+
+INFRA = Path(__file__).resolve().parents[2] / "infra"
+
+
+def _group_alive(pgid: int) -> bool:
+    """A member of the process group that is not a zombie."""
+    states = subprocess.run(["ps", "-o", "stat=", "-g", str(pgid)], capture_output=True, text=True).stdout.split()
+    return any(not state.startswith("Z") for state in states)
+
+
+@pytest.fixture(scope="module")
+def local_stack(tmp_path_factory):
+    state = tmp_path_factory.mktemp("stack")
+    stack = [str(INFRA / "local_stack.sh")]
+    env = os.environ | {"PYTHON": sys.executable}
+    started = subprocess.run([*stack, "start", str(state)], capture_output=True, text=True, env=env, timeout=240)
+    groups = [int(p.read_text()) for p in (state / "pids").glob("*.pid")]
+    try:
+        assert started.returncode == 0, started.stderr[-3000:]
+        values = dict(line.removeprefix("export ").split("=", 1) for line in (state / "env").read_text().splitlines())
+        yield values, groups
+    finally:
+        stopped = subprocess.run([*stack, "stop", str(state)], capture_output=True, text=True, env=env, timeout=60)
+        assert stopped.returncode == 0, stopped.stderr
+        assert not [g for g in groups if _group_alive(g)]
+
+
+@pytest.mark.slow
+def test_local_stack_runs_a_two_node_ray_prefect_and_mlflow_on_localhost(local_stack):
+    env, groups = local_stack
+    assert len(groups) == 4
+    for url in (env["PREFECT_API_URL"] + "/health", env["MLFLOW_TRACKING_URI"] + "/health"):
+        assert url.startswith("http://127.0.0.1:")
+        assert urllib.request.urlopen(url, timeout=10).status == 200
+    count = "import ray; ray.init(log_to_driver=False); print(sum(n['Alive'] for n in ray.nodes()))"
+    nodes = subprocess.run(
+        [sys.executable, "-c", count], capture_output=True, text=True, timeout=60, env=os.environ | env
+    )
+    assert nodes.stdout.strip().splitlines()[-1] == "2", nodes.stderr[-2000:]
+
+
+@pytest.mark.slow
+def test_deploy_creates_a_scheduled_deployment_on_a_process_work_pool(local_stack, tmp_path, pipeline_config_writer):
+    env, _ = local_stack
+    raw = build_raw_dataset(tmp_path / "raw")
+    config = pipeline_config_writer(tmp_path, tiny_preprocess_config(tmp_path, tmp_path / "x", raw["sources"]), [])
+    command = [sys.executable, "-m", "flows.cli", "deploy", str(config), "--cron", "30 2 * * *", "--name", "nightly"]
+    env = env | {"PYTHONPATH": os.pathsep.join([str(INFRA.parent), os.environ.get("PYTHONPATH", "")])}
+    out = subprocess.run(command, capture_output=True, text=True, timeout=120, env=os.environ | env, cwd=tmp_path)
+    assert out.returncode == 0, out.stderr[-3000:]
+    assert "deployment beit3-pipeline/nightly" in out.stdout
+    url = env["PREFECT_API_URL"] + "/deployments/name/beit3-pipeline/nightly"
+    deployment = json.load(urllib.request.urlopen(url, timeout=10))
+    assert [s["schedule"]["cron"] for s in deployment["schedules"]] == ["30 2 * * *"]
+    assert deployment["schedules"][0]["active"] is True
+    assert deployment["parameters"] == {"config_path": str(config)}
+    assert deployment["work_pool_name"] == "beit3"
+    assert deployment["entrypoint"] == "flows/pipeline.py:beit3_pipeline"
+    assert deployment["job_variables"]["working_dir"] == str(tmp_path)
+    pool = json.load(urllib.request.urlopen(env["PREFECT_API_URL"] + "/work_pools/beit3", timeout=10))
+    assert pool["type"] == "process"
+
+
+def test_deploy_without_a_prefect_server_says_what_to_set(tmp_path):
+    env = {k: v for k, v in os.environ.items() if k != "PREFECT_API_URL"}
+    config = tmp_path / "p.yaml"
+    config.write_text("run_dir: run\npreprocess: p.yaml\n")
+    out = subprocess.run(
+        [sys.executable, "-m", "flows.cli", "deploy", str(config), "--cron", "0 2 * * *"],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=60,
+    )
+    assert out.returncode == 2 and "set PREFECT_API_URL" in out.stderr
+
+
+def test_infra_manifests_describe_gpu_workers_and_the_servers():
+    launcher = yaml.safe_load((INFRA / "ray" / "cluster.yaml").read_text())
+    assert launcher["available_node_types"]["gpu_worker"]["resources"]["GPU"] == 4
+    assert launcher["head_node_type"] in launcher["available_node_types"]
+    kuberay = yaml.safe_load((INFRA / "k8s" / "raycluster-gpu.yaml").read_text())
+    assert kuberay["apiVersion"] == "ray.io/v1" and kuberay["kind"] == "RayCluster"
+    (group,) = kuberay["spec"]["workerGroupSpecs"]
+    (container,) = group["template"]["spec"]["containers"]
+    assert container["resources"]["limits"]["nvidia.com/gpu"] == group["rayStartParams"]["num-gpus"]
+    compose = yaml.safe_load((INFRA / "compose.yaml").read_text())["services"]
+    assert "prefect server start" in compose["prefect-server"]["command"]
+    assert "prefect worker start --pool beit3" in compose["prefect-worker"]["command"]
+    mlflow = compose["mlflow"]["command"]
+    assert "--backend-store-uri postgresql://" in mlflow and "--artifacts-destination s3://" in mlflow
+    readme = (INFRA / "README.md").read_text()
+    for needle in ("ray up infra/ray/cluster.yaml", "kubectl apply -f infra/k8s/raycluster-gpu.yaml", "local_stack.sh"):
+        assert needle in readme
+    assert subprocess.run(["bash", "-n", str(INFRA / "local_stack.sh")]).returncode == 0
