@@ -22,8 +22,10 @@ install-test: install-data
 	$(PIP) install -q -e '.[test]'
 	$(PIP) install -q --no-deps torchscale==0.3.0
 
+# The main job: the whole DAG (ingest, preprocess, pretrain, fine-tune + evaluate, report) on the demo corpus.
 demo: install install-data
-	beit3 demo
+	beit3 demo-data
+	beit3 run configs/pipeline_demo.yaml
 
 test: install-test
 	$(PYTHON) -m pytest -q

