@@ -1,4 +1,4 @@
-"""Shared set-up of the flow tests: a real Prefect test server, a real local Ray, the stand-in fine-tuning module.
+"""Shared set-up of the flow tests: a real Prefect test server, a real local Ray, a stand-in fine-tuning module.
 
 The environment is set at import time, before any test module imports prefect (which reads it then).
 """
@@ -25,9 +25,10 @@ def prefect_server():
         yield
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="module")
 def ray_local():
-    """One local Ray for every flow run of the session (the flow reuses an initialised Ray)."""
+    """One local Ray for the flow runs of a test module (the flow reuses an initialised Ray); shut down after the
+    module so that the other test folders start their own."""
     import ray
 
     ray.init(address="local", num_cpus=3, object_store_memory=400 << 20, include_dashboard=False, log_to_driver=False)
@@ -35,9 +36,10 @@ def ray_local():
     ray.shutdown()
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="module")
 def fake_finetune():
-    """`evaluation.finetune` does not exist yet; the pipeline imports this stand-in in its place."""
+    """A fast stand-in for `evaluation.finetune` that records its calls, so the DAG tests can count reruns per
+    benchmark; real fine-tuning on Ray Train is covered by tests/integration/test_finetune_ray.py."""
     spec = importlib.util.spec_from_file_location("evaluation.finetune", Path(__file__).with_name("fake_finetune.py"))
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)

@@ -18,6 +18,8 @@ from beit3_core.data.shard_format import iter_webdataset_shard, read_parquet_sha
 from beit3_core.data.views import to_tokenizer_input
 from preprocessing.config import load_preprocess_config
 from preprocessing.pipeline import run_preprocessing
+from preprocessing.plan import plan_source
+from preprocessing.sources import READERS
 from preprocessing.tokenize_shard import replay_view
 from preprocessing.vqkd.checkpoint import load_vqkd
 
@@ -47,9 +49,24 @@ def first_run(ray_local, tmp_path_factory):
     return root, raw, config, report
 
 
+def _planned_shards(config: Path) -> list[str]:
+    cfg = load_preprocess_config(config)
+    return [plan.name for spec in cfg.sources for plan in plan_source(spec, cfg.shards.files_per_shard)]
+
+
+def test_raw_dataset_covers_every_source_format(first_run):
+    _, raw, config, report = first_run
+    assert sorted(s["format"] for s in raw["sources"]) == sorted(READERS)
+    assert {name: src["format"] for name, src in report.manifest["sources"].items()} == {
+        s["name"]: s["format"] for s in raw["sources"]
+    }
+    assert [s["name"] for s in report.manifest["shards"]] == _planned_shards(config)
+
+
 def test_every_record_is_accounted_for_and_every_bad_input_quarantined(first_run):
     root, raw, _, report = first_run
     manifest = report.manifest
+    assert set(manifest["sources"]) == set(raw["expected_reasons"])
     for name, src in manifest["sources"].items():
         assert src["records_in"] == src["records_out"] + src["records_quarantined"], name
         assert src["records_quarantined"] == len(raw["expected_reasons"][name]), name
@@ -57,6 +74,7 @@ def test_every_record_is_accounted_for_and_every_bad_input_quarantined(first_run
     found = {(q["source"], q["reason"]) for q in quarantine}
     expected = {(s, r) for s, reasons in raw["expected_reasons"].items() for r in reasons}
     assert found == expected
+    assert report.reasons == {f"{s}:{r}": 1 for s, r in expected}  # one planted record per reason
     dup = next(q for q in quarantine if q["source"] == "pairs" and q["reason"] == "duplicate")
     assert dup["key"].endswith("bad_dup") and dup["detail"].startswith("duplicate_of=pairs/")
     total = sum(s["counts"][k] for s in manifest["shards"] for k in ("image", "text", "pair"))
@@ -91,7 +109,7 @@ def test_rerun_reuses_every_shard(first_run):
     root, _, config, _ = first_run
     before = _tree_hashes(root / "out")
     report = run_preprocessing(load_preprocess_config(config))
-    assert report.shards_built == [] and len(report.shards_reused) == 7
+    assert report.shards_built == [] and report.shards_reused == _planned_shards(config)
     assert _tree_hashes(root / "out") == before
 
 
@@ -100,10 +118,14 @@ def test_changing_one_input_file_rebuilds_only_its_shard(ray_local, tmp_path):
     config = tiny_preprocess_config(tmp_path, tmp_path / "out", raw["sources"])
     run_preprocessing(load_preprocess_config(config))
     before = _tree_hashes(tmp_path / "out")
+    shards = _planned_shards(config)
+    assert len(before) == len(shards) > 1
     (tmp_path / "raw" / "images" / "img004.jpg").write_bytes(image_bytes(999, fmt="JPEG"))
     report = run_preprocessing(load_preprocess_config(config))
     assert len(report.shards_built) == 1 and report.shards_built[0].startswith("images-")
+    assert sorted(report.shards_reused + report.shards_built) == sorted(shards)
     after = _tree_hashes(tmp_path / "out")
+    assert set(after) == set(before)
     changed = {name for name in before if before[name] != after[name]}
     assert changed == {f"{report.shards_built[0]}.tar"}
 

@@ -73,4 +73,4 @@ def test_two_node_run_matches_one_node_run(two_node_cluster, tmp_path):
     _ray("stop", "--force")
     _preprocess(one)
     assert _shard_hashes(tmp_path / "two") == _shard_hashes(tmp_path / "one" / "out")
-    assert len(_shard_hashes(tmp_path / "two")) == 7
+    assert len(_shard_hashes(tmp_path / "two")) == 14
