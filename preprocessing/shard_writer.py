@@ -172,12 +172,12 @@ def write_shard(
         The shard's sidecar contents.
 
     Raises:
-        ValueError: Bad shard name, no records, an invalid record or a repeated key. Nothing is written.
+        ValueError: Bad shard name, an invalid record or a repeated key. Nothing is written.
     """
     _check_shard_name(shard_name)
+    # An empty shard is valid: every record of its input files may have been quarantined, and the shard must
+    # still exist (with its fingerprint) so that reruns skip it and the manifest accounts for its inputs.
     rows = [normalize_record(r) for r in records]
-    if not rows:
-        raise ValueError(f"shard {shard_name}: no records")
     repeated = [k for k, n in Counter(r["key"] for r in rows).items() if n > 1]
     if repeated:
         raise ValueError(f"shard {shard_name}: repeated keys {repeated[:5]}")

@@ -182,6 +182,15 @@ def test_manifest_and_sizes_round_trip(tmp_path: Path) -> None:
     assert json.loads(sizes.read_text()) == {f"{NAME}.tar": 4}
 
 
+def test_empty_shard_is_complete_and_reads_back_empty(tmp_path: Path) -> None:
+    # Every record of a shard's inputs can be quarantined; the shard must still be written and be skippable.
+    info = write_shard([], tmp_path, NAME, fingerprint="f")
+    assert info.num_records == 0 and set(info.num_per_kind.values()) == {0}
+    assert is_shard_complete(tmp_path, NAME, "f")
+    assert read_parquet_shard(tmp_path / f"{NAME}.parquet").num_rows == 0
+    assert list(iter_webdataset_shard(tmp_path / f"{NAME}.tar")) == []
+
+
 @pytest.mark.parametrize("name", ["", "_tmp.x", ".hidden", "a/b"])
 def test_bad_shard_names_are_rejected(tmp_path: Path, name: str) -> None:
     with pytest.raises(ValueError, match="shard name"):
@@ -192,8 +201,6 @@ def test_invalid_input_writes_nothing(tmp_path: Path) -> None:
     records = _records()
     with pytest.raises(ValueError, match="repeated keys"):
         write_shard(records + records[:1], tmp_path, NAME, fingerprint="f")
-    with pytest.raises(ValueError, match="no records"):
-        write_shard([], tmp_path, NAME, fingerprint="f")
     with pytest.raises(ValueError, match="s/i0"):
         write_shard([records[1] | {"image_bytes": b"other"}], tmp_path, NAME, fingerprint="f")
     assert os.listdir(tmp_path) == []
