@@ -81,7 +81,7 @@ def canonical_view(height: int, width: int) -> ViewParams:
     return ViewParams(top=(height - side) // 2, left=(width - side) // 2, height=side, width=side, flip=False)
 
 
-def _random_resized_box(
+def random_resized_box(
     height: int, width: int, rng: np.random.Generator, scale: tuple[float, float], ratio: tuple[float, float]
 ) -> tuple[int, int, int, int]:
     """torchvision `RandomResizedCrop.get_params` on a numpy Generator; returns (top, left, h, w)."""
@@ -141,7 +141,7 @@ def sample_views(
         raise ValueError(f"bad scale {scale} or ratio {ratio}")
     views = [canonical_view(height, width)] if canonical_first else []
     while len(views) < num_views:
-        top, left, h, w = _random_resized_box(height, width, rng, scale, ratio)
+        top, left, h, w = random_resized_box(height, width, rng, scale, ratio)
         # The coin is tossed even when flips are off, so toggling `allow_flip` never changes the boxes.
         flip = bool(rng.random() < 0.5) and allow_flip
         views.append(ViewParams(top=top, left=left, height=h, width=w, flip=flip))

@@ -118,11 +118,30 @@ def _open_mlflow_run(
     return run.info.run_id
 
 
+def build_torch_trainer(loop, loop_config: dict, run, run_name: str, storage: RunStorage):
+    """A Ray Train `TorchTrainer` for `loop` with the scaling, storage, failure and checkpoint settings of `run`
+    (any run section with num_workers, use_gpu, cpus_per_worker, max_failures, keep_checkpoints)."""
+    from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
+    from ray.train.torch import TorchTrainer
+
+    return TorchTrainer(
+        loop,
+        train_loop_config=loop_config,
+        scaling_config=ScalingConfig(
+            num_workers=run.num_workers, use_gpu=run.use_gpu, resources_per_worker={"CPU": run.cpus_per_worker}
+        ),
+        run_config=RunConfig(
+            name=run_name,
+            storage_path=storage.ray_storage_path(),
+            failure_config=FailureConfig(max_failures=run.max_failures),
+            checkpoint_config=CheckpointConfig(num_to_keep=run.keep_checkpoints),
+        ),
+    )
+
+
 def run_pretraining(cfg: PretrainConfig, resume: str | None = None) -> PretrainResult:
     """Pretrain with Ray Train as configured; `resume` names an earlier run (in the same storage) to continue."""
     import mlflow
-    from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
-    from ray.train.torch import TorchTrainer
 
     from beit3_core.train.loop import train_loop_per_worker
 
@@ -160,27 +179,14 @@ def run_pretraining(cfg: PretrainConfig, resume: str | None = None) -> PretrainR
     storage.write_text(json.dumps(info, indent=2), run_name, RUN_INFO)
 
     start_ray(cfg)
-    trainer = TorchTrainer(
-        train_loop_per_worker,
-        train_loop_config={
-            "config": cfg.to_dict(),
-            "model_config": model_config,
-            "data_info": data_info,
-            "mlflow_run_id": mlflow_run_id,
-            "tracking_uri": tracking_uri,
-        },
-        scaling_config=ScalingConfig(
-            num_workers=cfg.run.num_workers,
-            use_gpu=cfg.run.use_gpu,
-            resources_per_worker={"CPU": cfg.run.cpus_per_worker},
-        ),
-        run_config=RunConfig(
-            name=run_name,
-            storage_path=storage.ray_storage_path(),
-            failure_config=FailureConfig(max_failures=cfg.run.max_failures),
-            checkpoint_config=CheckpointConfig(num_to_keep=cfg.run.keep_checkpoints),
-        ),
-    )
+    loop_config = {
+        "config": cfg.to_dict(),
+        "model_config": model_config,
+        "data_info": data_info,
+        "mlflow_run_id": mlflow_run_id,
+        "tracking_uri": tracking_uri,
+    }
+    trainer = build_torch_trainer(train_loop_per_worker, loop_config, cfg.run, run_name, storage)
     client = mlflow.MlflowClient(tracking_uri=tracking_uri)
     try:
         result = trainer.fit()

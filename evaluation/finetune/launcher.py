@@ -25,8 +25,8 @@ from typing import Any
 import torch
 
 from beit3_core.config import get_config
+from beit3_core.train.launcher import build_torch_trainer, start_ray
 from beit3_core.train.launcher import default_tracking_uri as tracking_uri_for
-from beit3_core.train.launcher import start_ray
 from beit3_core.train.storage import RunStorage
 from evaluation.finetune.config import FinetuneConfig, resolve_paths, to_finetune_config
 from evaluation.finetune.loop import load_tokenizer
@@ -63,8 +63,6 @@ def run_finetune(task: str, config: FinetuneConfig | dict, init_checkpoint: str 
         model, safetensors), `submission` (the official-format prediction file), `run_name`, `tracking_uri`,
         `eval_split`.
     """
-    from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
-    from ray.train.torch import TorchTrainer
 
     from evaluation.finetune.loop import train_loop_per_worker
 
@@ -91,27 +89,14 @@ def run_finetune(task: str, config: FinetuneConfig | dict, init_checkpoint: str 
     storage.write_text(json.dumps(info | {"tracking_uri": tracking_uri}, indent=2), run_name, RUN_INFO)
 
     start_ray(cfg)
-    trainer = TorchTrainer(
-        train_loop_per_worker,
-        train_loop_config={
-            "config": cfg.to_dict(),
-            "backbone": backbone,
-            "head_options": head_options,
-            "mlflow_run_id": run_id,
-            "tracking_uri": tracking_uri,
-        },
-        scaling_config=ScalingConfig(
-            num_workers=cfg.run.num_workers,
-            use_gpu=cfg.run.use_gpu,
-            resources_per_worker={"CPU": cfg.run.cpus_per_worker},
-        ),
-        run_config=RunConfig(
-            name=run_name,
-            storage_path=storage.ray_storage_path(),
-            failure_config=FailureConfig(max_failures=cfg.run.max_failures),
-            checkpoint_config=CheckpointConfig(num_to_keep=cfg.run.keep_checkpoints),
-        ),
-    )
+    loop_config = {
+        "config": cfg.to_dict(),
+        "backbone": backbone,
+        "head_options": head_options,
+        "mlflow_run_id": run_id,
+        "tracking_uri": tracking_uri,
+    }
+    trainer = build_torch_trainer(train_loop_per_worker, loop_config, cfg.run, run_name, storage)
     try:
         result = trainer.fit()
         if result.error is not None:

@@ -9,11 +9,11 @@ Images come in as uint8 numpy arrays [H, W, 3] (one image) or [B, H, W, 3] (a ba
 tensors [B, 3, S, S] in [0, 1].
 """
 
-import math
-
 import numpy as np
 import torch
 import torch.nn.functional as F
+
+from beit3_core.data.views import random_resized_box
 
 __all__ = ["random_resized_crop_box", "render_view", "resize_batch", "training_views"]
 
@@ -27,27 +27,9 @@ def random_resized_crop_box(
     scale: tuple[float, float] = (0.08, 1.0),
     ratio: tuple[float, float] = (3 / 4, 4 / 3),
 ) -> Box:
-    """Samples a crop covering `scale` of the area with aspect ratio (w/h) log-uniform in `ratio`."""
-    area = height * width
-    log_ratio = (math.log(ratio[0]), math.log(ratio[1]))
-    for _ in range(10):
-        target_area = area * rng.uniform(*scale)
-        aspect = math.exp(rng.uniform(*log_ratio))
-        crop_w = int(round(math.sqrt(target_area * aspect)))
-        crop_h = int(round(math.sqrt(target_area / aspect)))
-        if 0 < crop_w <= width and 0 < crop_h <= height:
-            top = int(rng.integers(0, height - crop_h + 1))
-            left = int(rng.integers(0, width - crop_w + 1))
-            return top, left, crop_h, crop_w
-    # Fallback: the largest centred crop whose aspect ratio lies within `ratio`.
-    in_ratio = width / height
-    if in_ratio < ratio[0]:
-        crop_w, crop_h = width, int(round(width / ratio[0]))
-    elif in_ratio > ratio[1]:
-        crop_h, crop_w = height, int(round(height * ratio[1]))
-    else:
-        crop_h, crop_w = height, width
-    return (height - crop_h) // 2, (width - crop_w) // 2, crop_h, crop_w
+    """A crop covering `scale` of the area with aspect ratio (w/h) log-uniform in `ratio` (the same sampler as the
+    stored pretraining views, with the wider default scale of tokenizer training)."""
+    return random_resized_box(height, width, rng, scale, ratio)
 
 
 def _to_float_chw(image_HW3: np.ndarray) -> torch.Tensor:
