@@ -7,6 +7,8 @@ file and the MLflow run are.
 import argparse
 from pathlib import Path
 
+from flows.overrides import add_override_argument, parse_overrides
+
 
 def register(subparsers: argparse._SubParsersAction) -> None:
     parser = subparsers.add_parser(
@@ -15,21 +17,13 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("task", help="benchmark task, e.g. imagenet, coco_retrieval, vqav2")
     parser.add_argument("config", type=Path, help="YAML: `task:` plus data/model/optim/run sections")
     parser.add_argument("--init", metavar="CHECKPOINT", help="initial weights (ours .safetensors or a released .pth)")
-    parser.add_argument(
-        "--set",
-        dest="overrides",
-        action="append",
-        default=[],
-        metavar="SECTION.FIELD=VALUE",
-        help="override one field, e.g. --set run.epochs=1 (value parsed as YAML)",
-    )
+    add_override_argument(parser, "run.epochs=1")
     parser.set_defaults(func=run)
 
 
 def run(args: argparse.Namespace) -> int:
     from evaluation.finetune import load_finetune_config, run_finetune
     from flows.commands.evaluate import print_result
-    from flows.commands.pretrain import parse_overrides
 
     cfg = load_finetune_config(args.config, args.task, parse_overrides(args.overrides))
     print_result(run_finetune(args.task, cfg, init_checkpoint=args.init))

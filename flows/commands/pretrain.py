@@ -3,33 +3,15 @@
 import argparse
 from pathlib import Path
 
-import yaml
+from flows.overrides import add_override_argument, parse_overrides
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
     parser = subparsers.add_parser("pretrain", help="MDM pretraining on Ray Train (see configs/pretrain_*.yaml)")
     parser.add_argument("config", type=Path, help="YAML: `recipe:` plus section overrides")
     parser.add_argument("--resume", metavar="RUN_NAME", help="continue this earlier run from its last checkpoint")
-    parser.add_argument(
-        "--set",
-        dest="overrides",
-        action="append",
-        default=[],
-        metavar="SECTION.FIELD=VALUE",
-        help="override one field, e.g. --set run.steps=50 (value parsed as YAML)",
-    )
+    add_override_argument(parser, "run.steps=50")
     parser.set_defaults(func=run)
-
-
-def parse_overrides(items: list[str]) -> dict:
-    overrides: dict = {}
-    for item in items:
-        key, sep, value = item.partition("=")
-        if not sep or "." not in key:
-            raise SystemExit(f"--set expects SECTION.FIELD=VALUE, got {item!r}")
-        section, field = key.split(".", 1)
-        overrides.setdefault(section, {})[field] = yaml.safe_load(value)
-    return overrides
 
 
 def run(args: argparse.Namespace) -> int:

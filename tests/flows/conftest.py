@@ -9,6 +9,7 @@ import sys
 from pathlib import Path
 
 import pytest
+from support.model_inputs import micro_pretrain_overrides
 
 os.environ["RAY_AUTH_MODE"] = "disabled"
 os.environ["PREFECT_SERVER_ANALYTICS_ENABLED"] = "false"
@@ -52,27 +53,8 @@ def fake_finetune():
         sys.modules["evaluation.finetune"] = real
 
 
-PRETRAIN_OVERRIDES = {
-    # The tiny model of tests/integration/test_pretrain_ray.py, 4 steps on one Ray Train worker.
-    "model": {
-        "overrides": {
-            "embed_dim": 64,
-            "num_layers": 2,
-            "num_heads": 4,
-            "ffn_dim": 128,
-            "img_size": 32,
-            "patch_size": 16,
-        }
-    },
-    "data": {
-        "images_per_step": 4,
-        "texts_per_step": 4,
-        "pairs_per_step": 4,
-        "text_len": 16,
-        "pair_text_len": 8,
-        "num_workers": 0,
-    },
-    "optim": {"warmup_steps": 2},
+PRETRAIN_OVERRIDES = micro_pretrain_overrides(loader_workers=0, warmup_steps=2) | {
+    # The micro model of tests/integration/test_pretrain_ray.py, 4 steps on one Ray Train worker.
     "run": {"steps": 4, "checkpoint_every": 4, "log_every": 2, "num_workers": 1, "max_failures": 0},
 }
 

@@ -14,34 +14,19 @@ import mlflow
 import pytest
 import yaml
 from safetensors.torch import load_file
+from support.model_inputs import micro_pretrain_overrides
 from support.shards import build_test_shards
 
 pytestmark = pytest.mark.slow
 
 STEPS = 12
-CONFIG = {
-    "recipe": "tiny_cpu",
-    "model": {
-        "overrides": {
-            "embed_dim": 64,
-            "num_layers": 2,
-            "num_heads": 4,
-            "ffn_dim": 128,
-            "img_size": 32,
-            "patch_size": 16,
-        }
-    },
-    "data": {
-        "images_per_step": 4,
-        "texts_per_step": 4,
-        "pairs_per_step": 4,
-        "text_len": 16,
-        "pair_text_len": 8,
-        "num_workers": 1,
-    },
-    "optim": {"warmup_steps": 3},
-    "run": {"steps": STEPS, "checkpoint_every": 4, "log_every": 2, "seed": 3},
-}
+CONFIG = (
+    {"recipe": "tiny_cpu"}
+    | micro_pretrain_overrides(loader_workers=1, warmup_steps=3)
+    | {
+        "run": {"steps": STEPS, "checkpoint_every": 4, "log_every": 2, "seed": 3},
+    }
+)
 
 
 def _write_config(folder: Path, shards: Path, storage: Path, **run) -> Path:

@@ -21,3 +21,22 @@ def make_inputs(config: beit3_core.BEiT3Config, batch_size: int = 2, text_len: i
     padding[-1, text_len - 2 :] = True
     image_mask = torch.rand(batch_size, config.num_patches, generator=gen) < 0.5
     return image, text, padding, image_mask
+
+
+def micro_pretrain_overrides(loader_workers: int, warmup_steps: int) -> dict:
+    """Pretraining config sections for a micro model on the 2x2-grid test shards (`support.shards`)."""
+    return {
+        "model": {
+            "overrides": {k: SMALL[k] for k in ("embed_dim", "num_layers", "num_heads", "img_size", "patch_size")}
+            | {"ffn_dim": 128}
+        },
+        "data": {
+            "images_per_step": 4,
+            "texts_per_step": 4,
+            "pairs_per_step": 4,
+            "text_len": 16,
+            "pair_text_len": 8,
+            "num_workers": loader_workers,
+        },
+        "optim": {"warmup_steps": warmup_steps},
+    }
