@@ -49,6 +49,10 @@ class BEiT3Config:
     which overwrites the Magneto gain); "magneto": torchscale's own init with the sqrt(log 2L) gain kept."""
     pos_init_std: float = 1.0
     """Std of the position tables at init; 1.0 is what the release executes (a plain nn.Embedding)."""
+    text_embed_init_std: float | None = None
+    """Std of the text embedding at init; None = embed_dim ** -0.5, what the release executes. Pretraining
+    from scratch sets 1.0 (the same scale as the position tables): at D^-0.5 the position signal is ~14x the
+    token signal at init and the MLM head stays at unigram level for the first thousand steps."""
     grad_checkpointing: bool = False
 
     def __post_init__(self) -> None:
@@ -64,6 +68,10 @@ class BEiT3Config:
             raise ValueError(f"norm must be 'subln' or 'preln', got {self.norm!r}")
         if self.init_mode not in ("unilm", "magneto"):
             raise ValueError(f"init_mode must be 'unilm' or 'magneto', got {self.init_mode!r}")
+        for name in ("pos_init_std", "text_embed_init_std"):
+            value = getattr(self, name)
+            if value is not None and not value > 0:
+                raise ValueError(f"{name} must be positive, got {value!r}")
 
     @property
     def head_dim(self) -> int:

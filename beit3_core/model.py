@@ -260,7 +260,8 @@ def init_weights(model: BEiT3, config: BEiT3Config) -> None:
         elif isinstance(module, nn.LayerNorm):
             nn.init.ones_(module.weight)
             nn.init.zeros_(module.bias)
-    nn.init.normal_(model.text_embed.weight, std=config.embed_dim**-0.5)
+    text_std = config.text_embed_init_std if config.text_embed_init_std is not None else config.embed_dim**-0.5
+    nn.init.normal_(model.text_embed.weight, std=text_std)
     for table in (model.encoder.embed_positions.A, model.encoder.embed_positions.B):
         nn.init.normal_(table.weight, std=config.pos_init_std)
     if config.init_mode == "magneto":

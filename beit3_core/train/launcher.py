@@ -26,7 +26,7 @@ logger = logging.getLogger(__name__)
 RUN_INFO = "run_info.json"
 LOCAL_CACHE = "runs/pretrain-local"
 """Local copies of the final exports when the run storage is remote."""
-EVAL_BATCHES = 4
+EVAL_BATCHES = 12
 
 
 @dataclass

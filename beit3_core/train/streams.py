@@ -67,6 +67,9 @@ class RecordStream:
             raise ValueError(f"no shard holds {kind} records, but the step mix asks for them")
         self.kind, self.rank, self.world_size, self.seed = kind, rank, world_size, seed
         self.shuffle_buffer = data.shuffle_buffer
+        self.open_shards = data.open_shards
+        if self.open_shards < 1:
+            raise ValueError(f"data.open_shards must be >= 1, got {self.open_shards}")
         self.on_bad_shard = data.on_bad_shard
         self.num_bad_shards = 0
 
@@ -90,19 +93,44 @@ class RecordStream:
 
     def _records(self, shards: list[ShardRef], stride: bool) -> Iterator[dict]:
         index = 0
-        for shard in shards:
-            try:
-                for sample in iter_webdataset_shard(shard.tar):
-                    if sample["kind"] != self.kind:
-                        continue
-                    if not stride or index % self.world_size == self.rank:
-                        yield sample
-                    index += 1
-            except (ShardFormatError, FileNotFoundError, OSError) as error:
-                if self.on_bad_shard != "skip":
-                    raise RuntimeError(f"bad shard {shard.name} ({shard.tar}): {error}") from error
-                self.num_bad_shards += 1
-                logger.warning("skipping bad shard %s (%d so far): %s", shard.name, self.num_bad_shards, error)
+        for sample in _round_robin([self._shard_records(shard) for shard in shards], self.open_shards):
+            if not stride or index % self.world_size == self.rank:
+                yield sample
+            index += 1
+
+    def _shard_records(self, shard: ShardRef) -> Iterator[dict]:
+        try:
+            for sample in iter_webdataset_shard(shard.tar):
+                if sample["kind"] == self.kind:
+                    yield sample
+        except (ShardFormatError, FileNotFoundError, OSError) as error:
+            if self.on_bad_shard != "skip":
+                raise RuntimeError(f"bad shard {shard.name} ({shard.tar}): {error}") from error
+            self.num_bad_shards += 1
+            logger.warning("skipping bad shard %s (%d so far): %s", shard.name, self.num_bad_shards, error)
+
+
+def _round_robin(sources: list[Iterator[dict]], width: int) -> Iterator[dict]:
+    """One record from each of `width` open sources in turn; an exhausted source is replaced by the next.
+
+    A shard usually holds one source's records in file order (a play, a manual): reading several at once
+    mixes sources far beyond what the shuffle buffer alone reaches.
+    """
+    pending = iter(sources)
+    active = list(itertools.islice(pending, width))
+    while active:
+        still_open = []
+        for source in active:
+            record = next(source, None)
+            while record is None:  # exhausted: the next pending source takes its turn
+                source = next(pending, None)
+                if source is None:
+                    break
+                record = next(source, None)
+            if record is not None:
+                yield record
+                still_open.append(source)
+        active = still_open
 
 
 def _shuffled(records: Iterator[dict], buffer_size: int, rng: np.random.Generator) -> Iterator[dict]:
@@ -147,12 +175,12 @@ class BatchBuilder:
         mask = torch.from_numpy(self.masker.sample_batch(len(records), rng))
         return to_model_input(np.stack(pixels)), mask, grid_tokens
 
-    def texts(self, records: list[dict], length: int, ratio: float, rng: np.random.Generator):
-        ids = np.full((len(records), length), PAD_ID, dtype=np.int64)
-        for row, record in enumerate(records):
-            seq = record["meta"]["text_ids"]
-            if len(seq) > length:  # keep </s> last
-                seq = [*seq[: length - 1], EOS_ID]
+    def texts(self, records: list[dict], length: int, ratio: float, rng: np.random.Generator, pack: bool = False):
+        sequences = [_truncate(record["meta"]["text_ids"], length) for record in records]
+        if pack:
+            sequences = pack_sequences(sequences, length)
+        ids = np.full((len(sequences), length), PAD_ID, dtype=np.int64)
+        for row, seq in enumerate(sequences):
             ids[row, : len(seq)] = seq
         padding = ids == PAD_ID
         masked, labels = mask_text(ids, padding, ratio, self.mask_id, rng)
@@ -165,7 +193,9 @@ class BatchBuilder:
         if records.get("text"):
             d = self.data
             batch.text = TextStream(
-                *self.texts(records["text"], d.text_len, d.text_mask_ratio, self._rng(step, "text"))
+                *self.texts(
+                    records["text"], d.text_len, d.text_mask_ratio, self._rng(step, "text"), pack=d.pack_texts
+                )
             )
         if records.get("pair"):
             rng = self._rng(step, "pair")
@@ -175,6 +205,26 @@ class BatchBuilder:
             )
             batch.pair = PairStream(image, mask, tokens, text, padding, labels)
         return batch
+
+
+def _truncate(seq: list[int], length: int) -> list[int]:
+    return [*seq[: length - 1], EOS_ID] if len(seq) > length else list(seq)  # keep </s> last
+
+
+def pack_sequences(sequences: list[list[int]], length: int) -> list[list[int]]:
+    """Concatenate whole `<s> ... </s>` sequences, in order, into rows of at most `length` tokens.
+
+    Short records (a gloss, a fortune) would otherwise leave most of each row as padding: packing gives
+    every row more masked targets and more context at the same cost, and keeps each step's record count
+    (and so the exact data position) unchanged.
+    """
+    rows: list[list[int]] = []
+    for seq in sequences:
+        if rows and len(rows[-1]) + len(seq) <= length:
+            rows[-1].extend(seq)
+        else:
+            rows.append(list(seq))
+    return rows
 
 
 class StepBatches(torch.utils.data.IterableDataset):

@@ -182,3 +182,15 @@ def test_config_rejects_inconsistent_shapes():
         beit3_core.build_model("beit3_tiny", hidden=3)
     with pytest.raises(KeyError, match="beit3_tiny"):
         beit3_core.build_model("beit3_huge")
+
+
+def test_embedding_init_scales_are_configurable():
+    torch.manual_seed(0)
+    release = beit3_core.build_model("beit3_tiny", vocab_size=2000)
+    scratch = beit3_core.build_model("beit3_tiny", vocab_size=2000, text_embed_init_std=1.0, pos_init_std=0.5)
+    assert release.text_embed.weight.std().item() == pytest.approx(192**-0.5, rel=0.02)
+    assert release.encoder.embed_positions.B.weight.std().item() == pytest.approx(1.0, rel=0.02)
+    assert scratch.text_embed.weight.std().item() == pytest.approx(1.0, rel=0.02)
+    assert scratch.encoder.embed_positions.A.weight.std().item() == pytest.approx(0.5, rel=0.05)
+    with pytest.raises(ValueError, match="text_embed_init_std must be positive"):
+        beit3_core.build_model("beit3_tiny", text_embed_init_std=0.0)
