@@ -193,9 +193,7 @@ class BatchBuilder:
         if records.get("text"):
             d = self.data
             batch.text = TextStream(
-                *self.texts(
-                    records["text"], d.text_len, d.text_mask_ratio, self._rng(step, "text"), pack=d.pack_texts
-                )
+                *self.texts(records["text"], d.text_len, d.text_mask_ratio, self._rng(step, "text"), pack=d.pack_texts)
             )
         if records.get("pair"):
             rng = self._rng(step, "pair")
