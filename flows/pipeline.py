@@ -109,11 +109,7 @@ def beit3_pipeline(
         status = "FINISHED"
     finally:
         tags = {"beit3.dataset_version": dataset["dataset_version"]} if dataset else {}
-        failed = [
-            label
-            for label, s in steps.states.items()
-            if s["state"] not in ("Completed", "Cached", "NotAvailable", "Skipped")
-        ]
+        failed = [label for label, s in steps.states.items() if s["state"] not in ("Completed", "Cached", "Skipped")]
         tags |= {"beit3.failed_step": failed[0]} if failed else {}
         results_file = Path(cfg.run_dir) / RESULTS_FILE if results else None
         finish_parent_run(tracking, status, steps.states, results, results_file, tags)

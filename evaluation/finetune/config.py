@@ -7,6 +7,7 @@ large backbone), then the YAML file / dict. A YAML file looks like
     data: {root: runs/demo/benchmarks/imagenet, batch_size: 32}
     model: {name: beit3_tiny, init_checkpoint: runs/pretrain/.../final/model.safetensors}
     run: {epochs: 3}
+    augment: {mixup: 0.0, cutmix: 0.0}
 
 Dicts may also use flat keys for fields whose name is unique across sections (`epochs: 1`, `output_dir: ...`,
 `mlflow_tracking_uri: ...`: what the pipeline's benchmark step passes) and a `config: path.yaml` key naming a
@@ -41,6 +42,10 @@ RECIPE_FIELDS = {
     "warmup_epochs": ("optim", "warmup_epochs"),
     "betas": ("optim", "betas"),
     "task_head_lr_weight": ("optim", "head_lr_scale"),
+    "randaug": ("augment", "randaug"),
+    "reprob": ("augment", "reprob"),
+    "mixup": ("augment", "mixup"),
+    "cutmix": ("augment", "cutmix"),
 }
 # Run fields that do not change the trained model (left out of the fingerprint).
 VOLATILE_RUN_FIELDS = ("name", "storage_path", "output_dir", "mlflow_tracking_uri", "mlflow_experiment")
@@ -97,6 +102,33 @@ class OptimSection:
 
 
 @dataclass(kw_only=True)
+class AugmentSection:
+    """Train-split augmentation (`evaluation.tasks.augment`): off here, the task recipe turns on what it released.
+
+    A task applies only the fields in its `dataset_augmentations` / `loss_augmentations`; turning on another is
+    an error.
+    """
+
+    randaug: str | bool = False
+    """ImageNet: a timm RandAugment string ("rand-m9-mstd0.5-inc1"); vision-language tasks: true = the release's
+    RandomAugment(2, 7); false = off."""
+    reprob: float = 0.0
+    """Random-erasing probability (ImageNet)."""
+    mixup: float = 0.0
+    """Mixup Beta alpha (ImageNet); 0 = off."""
+    cutmix: float = 0.0
+    """CutMix Beta alpha (ImageNet); 0 = off. With both on, each batch picks one (p = 0.5)."""
+
+    def __post_init__(self) -> None:
+        from evaluation.tasks.augment import parse_rand_augment
+
+        if isinstance(self.randaug, str) and self.randaug:
+            parse_rand_augment(self.randaug)
+        if not 0 <= self.reprob <= 1 or self.mixup < 0 or self.cutmix < 0:
+            raise ValueError(f"augment: need 0 <= reprob <= 1, mixup >= 0, cutmix >= 0; got {self}")
+
+
+@dataclass(kw_only=True)
 class RunSection:
     epochs: int = 10
     seed: int = 0
@@ -121,7 +153,13 @@ class RunSection:
     mlflow_experiment: str = "beit3-finetune"
 
 
-SECTIONS = {"data": DataSection, "model": ModelSection, "optim": OptimSection, "run": RunSection}
+SECTIONS = {
+    "data": DataSection,
+    "model": ModelSection,
+    "optim": OptimSection,
+    "augment": AugmentSection,
+    "run": RunSection,
+}
 
 
 @dataclass(kw_only=True)
@@ -131,6 +169,7 @@ class FinetuneConfig:
     data: DataSection = field(default_factory=DataSection)
     model: ModelSection = field(default_factory=ModelSection)
     optim: OptimSection = field(default_factory=OptimSection)
+    augment: AugmentSection = field(default_factory=AugmentSection)
     run: RunSection = field(default_factory=RunSection)
 
     def __post_init__(self) -> None:
@@ -144,6 +183,22 @@ class FinetuneConfig:
             raise ValueError("optim.head_lr_scale applies only without layer decay (optim.layer_decay: 1.0)")
         if self.task != "imagenet" and not self.data.tokenizer:
             raise ValueError(f"task {self.task!r} reads text: set data.tokenizer to a SentencePiece model")
+        unused = sorted(set(self.active_augmentations()) - set(self.task_augmentations()))
+        if unused:
+            raise ValueError(f"task {self.task!r} does not apply augment.{', augment.'.join(unused)}: turn it off")
+
+    def active_augmentations(self) -> dict[str, Any]:
+        """The `augment` fields that are on (true, non-empty, > 0)."""
+        return {name: value for name, value in dataclasses.asdict(self.augment).items() if value}
+
+    def task_augmentations(self, kind: str = "all") -> dict[str, Any]:
+        """`augment` fields the task applies: `kind` "dataset" (options of the training split), "loss" or "all"."""
+        from evaluation.tasks import get_task
+
+        task = get_task(self.task)
+        names = {"dataset": task.dataset_augmentations, "loss": task.loss_augmentations}
+        names["all"] = names["dataset"] + names["loss"]
+        return {name: getattr(self.augment, name) for name in names[kind]}
 
     @property
     def eval_split(self) -> str:

@@ -29,7 +29,7 @@ from beit3_core.train.launcher import build_torch_trainer, start_ray
 from beit3_core.train.launcher import default_tracking_uri as tracking_uri_for
 from beit3_core.train.storage import RunStorage
 from evaluation.finetune.config import FinetuneConfig, resolve_paths, to_finetune_config
-from evaluation.finetune.loop import load_tokenizer
+from evaluation.finetune.loop import load_tokenizer, train_dataset
 from evaluation.finetune.predict import evaluate_split, numeric_metrics
 from evaluation.finetune.weights import (
     build_task_model,
@@ -72,7 +72,7 @@ def run_finetune(task: str, config: FinetuneConfig | dict, init_checkpoint: str 
     cfg = resolve_paths(cfg)
     task_obj = get_task(task)
     tokenizer = load_tokenizer(cfg.data.tokenizer)
-    train_set = task_obj.dataset(cfg.data.train_split, cfg.data.root, tokenizer, cfg.model.img_size, **cfg.data.options)
+    train_set = train_dataset(cfg, task_obj, tokenizer)  # built here too, so bad options fail before Ray starts
     head_options = head_options_of(train_set) | cfg.model.head_options
     backbone = _backbone(cfg, cfg.model.init_checkpoint, tokenizer)
 

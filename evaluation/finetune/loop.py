@@ -1,8 +1,9 @@
 """The per-worker fine-tuning loop run by Ray Train (one process per rank, gloo DDP on CPU, NCCL on GPUs).
 
 - Data: `DistributedSampler` (shuffle seeded by the run seed, reseeded per epoch, `drop_last`) over the task's
-  training split; augmentation and drop path draw from torch's generator, reseeded from (seed, epoch, rank) at
-  the start of every epoch.
+  training split, built with the task's `dataset_augmentations` from the config's `augment` section; the
+  task's `loss_augmentations` (Mixup/CutMix) go to `task.loss`. Augmentation and drop path draw from torch's
+  generator, reseeded from (seed, epoch, rank) at the start of every epoch.
 - Optimization: AdamW over `layer_decay_groups` (the release's layer-wise LR decay and weight-decay exemptions);
   per-step linear warmup then cosine to `min_lr` (`beit3_core.train.schedule`), scaled per group by `lr_scale`;
   optional gradient clipping.
@@ -30,11 +31,11 @@ import torch
 import torch.distributed as dist
 from safetensors.torch import load_file
 from torch import nn
-from torch.utils.data import DataLoader, DistributedSampler
+from torch.utils.data import DataLoader, Dataset, DistributedSampler
 
 from beit3_core.train.loop import MlflowRank0Logger as MlflowRank0
 from beit3_core.train.schedule import cosine_with_warmup
-from evaluation.finetune.config import build_finetune_config
+from evaluation.finetune.config import FinetuneConfig, build_finetune_config
 from evaluation.finetune.predict import to_device
 from evaluation.finetune.weights import build_task_model, heads_to_copy, initialise, save_task_checkpoint
 from evaluation.tasks import Task, get_task, layer_decay_groups
@@ -47,14 +48,14 @@ STATE_FILE = "train_state.json"
 
 
 class TaskLoss(nn.Module):
-    """`forward(batch, step)` = `task.loss(model, batch, step)`: the unit DDP synchronises."""
+    """`forward(batch, step)` = `task.loss(model, batch, step, **options)`: the unit DDP synchronises."""
 
-    def __init__(self, task: Task, model: nn.Module):
+    def __init__(self, task: Task, model: nn.Module, options: dict[str, Any] | None = None):
         super().__init__()
-        self.task, self.model = task, model
+        self.task, self.model, self.options = task, model, dict(options or {})
 
     def forward(self, batch: dict[str, Any], step: int) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-        return self.task.loss(self.model, batch, step)
+        return self.task.loss(self.model, batch, step, **self.options)
 
 
 def load_tokenizer(path: str | None):
@@ -106,7 +107,8 @@ def train_loop_per_worker(loop_config: dict) -> None:
         logger.info("rank %d resumed after epoch %d (step %d)", rank, start_epoch, step)
 
     trained = ray.train.torch.prepare_model(
-        TaskLoss(task, model), parallel_strategy_kwargs={"find_unused_parameters": True}
+        TaskLoss(task, model, cfg.task_augmentations("loss")),
+        parallel_strategy_kwargs={"find_unused_parameters": True},
     )
     logger_run = MlflowRank0(loop_config) if rank == 0 else None
     meter = _WindowMeter(device)
@@ -133,10 +135,15 @@ def train_loop_per_worker(loop_config: dict) -> None:
         _report_epoch(cfg, model, optimizer, epoch + 1, step, rank, loop_config)
 
 
+def train_dataset(cfg: FinetuneConfig, task: Task, tokenizer: Any) -> Dataset:
+    """The training split with the data options and the task's dataset augmentations (`cfg.augment`)."""
+    options = cfg.data.options | cfg.task_augmentations("dataset")
+    return task.dataset(cfg.data.train_split, cfg.data.root, tokenizer, cfg.model.img_size, **options)
+
+
 def _train_loader(cfg, task: Task, rank: int, world_size: int) -> tuple[DistributedSampler, DataLoader]:
     """This rank's share of the training split: seeded shuffle per epoch, `drop_last`, per-rank batches."""
-    tokenizer = load_tokenizer(cfg.data.tokenizer)
-    dataset = task.dataset(cfg.data.train_split, cfg.data.root, tokenizer, cfg.model.img_size, **cfg.data.options)
+    dataset = train_dataset(cfg, task, load_tokenizer(cfg.data.tokenizer))
     sampler = DistributedSampler(dataset, world_size, rank, shuffle=True, seed=cfg.run.seed, drop_last=True)
     loader = DataLoader(
         dataset,

@@ -37,6 +37,10 @@ class Task(abc.ABC):
     """Released fine-tuning defaults per backbone size ("base", "large")."""
     selection_key: str
     """Metric the release keeps the best epoch by."""
+    dataset_augmentations: tuple[str, ...] = ()
+    """Fields of the fine-tuning config's `augment` section that `dataset` takes as options (train split)."""
+    loss_augmentations: tuple[str, ...] = ()
+    """Fields of the `augment` section that the training loop passes to `loss` as keyword options."""
 
     @property
     def recipe(self) -> dict[str, Any]:
@@ -63,7 +67,11 @@ class Task(abc.ABC):
 
     @abc.abstractmethod
     def loss(self, model: nn.Module, batch: Batch, step: int = 0) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-        """Training loss and detached metrics of one batch; `step` is the global optimizer step."""
+        """Training loss and detached metrics of one batch; `step` is the global optimizer step.
+
+        Tasks with `loss_augmentations` also take those as keyword options (batch-level augmentation such as
+        Mixup); the training loop passes them, other callers may leave them at their off defaults.
+        """
 
     @abc.abstractmethod
     def predict(self, model: nn.Module, batch: Batch) -> list[Record]:

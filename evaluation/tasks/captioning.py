@@ -7,6 +7,8 @@ Layout under `root`: `dataset_coco.json` with `train2014/`, `val2014/` (COCO); N
 `nocaps_val_4500_captions.json` / `nocaps_test_image_info.json` with `val/`, `test/`. NoCaps has no training
 set: its "train" split is COCO's (train + restval), so both live under one root, as in the release.
 
+- Images: the vision-language transform of `evaluation.tasks.data`; the train split adds the release's
+  RandomAugment(2, 7) when `randaug` (the recipe's default).
 - Input: image tokens then text tokens under a causal mask (`captioning_attention_mask`).
 - Training: each caption gets round(n * mask_prob) positions among 1..n-1 (n counts `<s>`/`</s>`, at least 1,
   at most n-1) replaced 80/10/10 by `<mask>` / themselves / a random id; the head predicts the originals.
@@ -33,6 +35,7 @@ from torch.utils.data import Dataset
 import beit3_core
 from beit3_core.model import trunc_normal_one_sigma_
 from evaluation.metrics.captioning import caption_scores, nocaps_scores
+from evaluation.tasks.augment import vl_random_augment
 from evaluation.tasks.base import Batch, Record, Task, register
 from evaluation.tasks.beam_search import beam_search
 from evaluation.tasks.data import check_split, text_segment, vl_image, write_json
@@ -127,9 +130,13 @@ class CaptioningDataset(Dataset):
         benchmark: str = "coco",
         text_len: int = 32,
         mask_prob: float = 0.7,
+        randaug: bool = _COMMON["randaug"],
     ):
         check_split(split, ("train", "val", "test"))
+        if not isinstance(randaug, bool):
+            raise ValueError(f"captioning randaug is true or false (RandomAugment(2, 7)), got {randaug!r}")
         self.root, self.split, self.tokenizer, self.img_size = Path(root), split, tokenizer, img_size
+        self.randaug = vl_random_augment() if randaug and split == "train" else None
         self.text_len, self.mask_prob, self.benchmark = text_len, mask_prob, benchmark
         if split == "train" or benchmark == "coco":
             self.images = read_karpathy(root, "coco", split)
@@ -154,7 +161,7 @@ class CaptioningDataset(Dataset):
     def __getitem__(self, index: int) -> dict[str, Any]:
         image, caption = self.items[index]
         item: dict[str, Any] = {
-            "image": vl_image(self.root / image.image_path, self.img_size, self.split == "train"),
+            "image": vl_image(self.root / image.image_path, self.img_size, self.split == "train", self.randaug),
             "image_id": image.image_id,
         }
         if caption is not None:
@@ -170,6 +177,7 @@ class CaptioningDataset(Dataset):
 
 class CaptioningTask(Task):
     selection_key = "CIDEr"
+    dataset_augmentations = ("randaug",)
 
     def __init__(self, name: str, benchmark: str, recipes: dict[str, dict[str, Any]]):
         self.name, self.benchmark, self.recipes = name, benchmark, recipes

@@ -2,8 +2,10 @@
 
 Follows microsoft/unilm `beit3/datasets.py` (`build_transform`, `_get_text_segment`) for the vision-language
 tasks: train = RandomResizedCrop(S, scale 0.5-1, ratio 3/4-4/3, bicubic) + horizontal flip; eval = resize
-straight to S x S (aspect not kept, bicubic); both normalised with mean = std = 0.5. RandAugment is not
-applied (documented gap). Text = `<s>` + pieces truncated to max_len - 2 + `</s>`, right-padded with `<pad>`.
+straight to S x S (aspect not kept, bicubic); both normalised with mean = std = 0.5. Tasks whose recipe sets
+`randaug` add the release's RandomAugment(2, 7) after the flip (`evaluation.tasks.augment.vl_random_augment`,
+PIL ops instead of the release's OpenCV ones). Text = `<s>` + pieces truncated to max_len - 2 + `</s>`,
+right-padded with `<pad>`.
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ import torch
 from PIL import Image
 
 from beit3_core.data.views import render_view, sample_views, to_model_input
+from evaluation.tasks.augment import RandAugment
 
 PAD_ID = 1
 VL_CROP_SCALE = (0.5, 1.0)
@@ -62,10 +65,15 @@ def random_resized_crop(
     return np.array(render_view(image, view[0], size))  # writable copy, see `resize_square`
 
 
-def vl_image(path: str | Path, size: int, train: bool) -> torch.Tensor:
-    """Image file -> [3, S, S] float in [-1, 1] with the vision-language train or eval transform."""
+def vl_image(path: str | Path, size: int, train: bool, randaug: RandAugment | None = None) -> torch.Tensor:
+    """Image file -> [3, S, S] float in [-1, 1] with the vision-language train or eval transform.
+
+    `randaug` (train only) runs on the cropped, flipped image, as in the release's `build_transform`.
+    """
     image = load_rgb(path)
     rendered = random_resized_crop(image, size) if train else resize_square(image, size)
+    if train and randaug is not None:
+        rendered = np.array(randaug(Image.fromarray(rendered)), dtype=np.uint8)
     return to_model_input(rendered)[0]
 
 

@@ -8,8 +8,11 @@ Layout under `root`: `train/<class>/<file>` (ImageFolder); `val/<class>/<file>`,
 `val.txt` of "file_name class_index" lines. Classes = sorted sub-folder names of `train/` (label = position);
 "test" reuses val, as the release does. Images are decoded by content (some ILSVRC ".JPEG" files are PNG/CMYK).
 
-Gaps: no RandAugment / Mixup / CutMix / random erasing (timm is not a dependency), so training uses
-RandomResizedCrop(0.08-1) + flip and plain label smoothing; the eval transform is exact.
+Training (timm's recipe, as released; `evaluation.tasks.augment`): RandomResizedCrop(0.08-1, bicubic) + flip,
+RandAugment `randaug` (fill = the ImageNet mean), normalisation, random erasing with probability `reprob`
+(per-pixel noise); the loss mixes the batch with Mixup (`mixup` alpha) / CutMix (`cutmix` alpha) and takes
+the soft-target cross entropy of label-smoothed targets, or plain label-smoothed cross entropy when both are 0.
+The eval transform is exact. Ops run through PIL rather than timm, so pixels may differ by rounding.
 """
 
 from __future__ import annotations
@@ -28,6 +31,14 @@ from torch.utils.data import Dataset
 import beit3_core
 from beit3_core.model import trunc_normal_one_sigma_
 from evaluation.metrics.classification import ranked_accuracy
+from evaluation.tasks.augment import (
+    Mixup,
+    RandomErasing,
+    mixup_target,
+    rand_augment,
+    soft_target_cross_entropy,
+    torch_rng,
+)
 from evaluation.tasks.base import Batch, Record, Task, register
 from evaluation.tasks.data import check_split, load_rgb, random_resized_crop, write_json
 
@@ -109,10 +120,34 @@ def index_split(root: str | Path, split: str) -> list[tuple[str, int]]:
 
 
 class ImageNetDataset(Dataset):
-    def __init__(self, root: str | Path, split: str, img_size: int, crop_pct: float = 1.0):
+    """ImageFolder-style split; the train split is augmented (`randaug`, `reprob`), the others never are.
+
+    Args:
+        randaug: A timm RandAugment string ("rand-m9-mstd0.5-inc1"); False, None or "" = off.
+        reprob: Random-erasing probability; 0 = off.
+    """
+
+    def __init__(
+        self,
+        root: str | Path,
+        split: str,
+        img_size: int,
+        crop_pct: float = 1.0,
+        randaug: str | bool | None = RECIPES["base"]["randaug"],
+        reprob: float = RECIPES["base"]["reprob"],
+    ):
         self.root, self.split, self.img_size, self.crop_pct = Path(root), split, img_size, crop_pct
         self.classes = list_classes(root)
         self.items = index_split(root, split)
+        if randaug is True:
+            raise ValueError("ImageNet randaug takes a timm RandAugment string such as 'rand-m9-mstd0.5-inc1'")
+        if not 0 <= reprob <= 1:
+            raise ValueError(f"reprob must lie in [0, 1], got {reprob}")
+        train = split == "train"
+        fill = tuple(min(255, round(255 * m)) for m in IMAGENET_MEAN)  # timm's `img_mean`
+        augment = rand_augment(randaug, fill) if randaug else None  # parsed for every split: bad strings fail
+        self.randaug = augment if train else None
+        self.erasing = RandomErasing(prob=reprob) if train and reprob > 0 else None
 
     def __len__(self) -> int:
         return len(self.items)
@@ -128,8 +163,13 @@ class ImageNetDataset(Dataset):
             rendered = random_resized_crop(image, self.img_size, scale=(0.08, 1.0))
         else:
             rendered = _resize_center_crop(image, self.img_size, self.crop_pct)
+        rng = torch_rng() if self.randaug is not None or self.erasing is not None else None
+        if self.randaug is not None:
+            rendered = np.asarray(self.randaug(Image.fromarray(rendered), rng))
         x = torch.from_numpy(rendered.copy()).permute(2, 0, 1).float() / 255  # [3, S, S]
         x = (x - torch.tensor(IMAGENET_MEAN)[:, None, None]) / torch.tensor(IMAGENET_STD)[:, None, None]
+        if self.erasing is not None:
+            x = self.erasing(x, rng)
         return {"image": x, "label": label, "image_id": rel_path}
 
 
@@ -154,6 +194,8 @@ class ImageNetTask(Task):
     name = "imagenet"
     recipes = RECIPES
     selection_key = "acc1"
+    dataset_augmentations = ("randaug", "reprob")
+    loss_augmentations = ("mixup", "cutmix")
 
     def build_model(self, backbone_name: str, num_classes: int = 1000, **overrides: Any) -> ImageClassificationModel:
         backbone = beit3_core.build_model(backbone_name, **(overrides | {"normalize_output": False}))
@@ -162,9 +204,20 @@ class ImageNetTask(Task):
     def dataset(self, split: str, root: str | Path, tokenizer: Any, img_size: int, **options: Any) -> ImageNetDataset:
         return ImageNetDataset(root, split, img_size, **options)
 
-    def loss(self, model: nn.Module, batch: Batch, step: int = 0) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-        logits_BC = model(batch["image"])
-        loss = F.cross_entropy(logits_BC, batch["label"], label_smoothing=self.recipe["label_smoothing"])
+    def loss(
+        self, model: nn.Module, batch: Batch, step: int = 0, mixup: float = 0.0, cutmix: float = 0.0
+    ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        """Label-smoothed cross entropy; with `mixup` or `cutmix` alpha > 0 (training), Mixup/CutMix soft targets."""
+        smoothing = self.recipe["label_smoothing"]
+        if mixup > 0 or cutmix > 0:
+            mixer = Mixup(mixup_alpha=mixup, cutmix_alpha=cutmix, label_smoothing=smoothing)
+            images, lam = mixer.mix(batch["image"])
+            logits_BC = model(images)
+            targets_BC = mixup_target(batch["label"], logits_BC.shape[1], lam, smoothing)
+            loss = soft_target_cross_entropy(logits_BC, targets_BC)
+        else:
+            logits_BC = model(batch["image"])
+            loss = F.cross_entropy(logits_BC, batch["label"], label_smoothing=smoothing)
         acc = (logits_BC.argmax(dim=-1) == batch["label"]).float().mean()
         return loss, {"loss": loss.detach(), "acc1": acc.detach()}
 

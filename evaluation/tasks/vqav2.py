@@ -14,6 +14,8 @@ questions.json`, `v2_mscoco_{train2014,val2014}_annotations.json`, images `train
 - Splits (ViLT / BEiT-3): val images shuffled with `seed`; the first `rest_val_images` form "val", the rest are
   added to "train". Training questions without an in-vocabulary answer are dropped (as released); "val" keeps
   every question so the official accuracy covers the whole held-out set ("test", "test-dev" have no labels).
+- Images: the vision-language transform of `evaluation.tasks.data`; the train split adds the release's
+  RandomAugment(2, 7) when `randaug` (the recipe's default).
 - Metrics: official VQA accuracy (`vqa_accuracy`) and the release's local `score` (mean soft target of the
   argmax answer, x100).
 """
@@ -34,6 +36,7 @@ from torch.utils.data import Dataset
 import beit3_core
 from beit3_core.model import trunc_normal_one_sigma_
 from evaluation.metrics.vqa import process_digit_article, process_punctuation, soft_targets, vqa_accuracy
+from evaluation.tasks.augment import vl_random_augment
 from evaluation.tasks.base import Batch, Record, Task, register
 from evaluation.tasks.data import check_split, read_json, text_segment, vl_image, write_json
 
@@ -118,10 +121,14 @@ class VQAv2Dataset(Dataset):
         seed: int = 0,
         text_len: int = 64,
         answers: Sequence[str] | None = None,
+        randaug: bool = RECIPES["base"]["randaug"],
     ):
         check_split(split, SUBTYPES)
         self.root, self.split, self.tokenizer = Path(root), split, tokenizer
         self.img_size, self.text_len = img_size, text_len
+        if not isinstance(randaug, bool):
+            raise ValueError(f"vqav2 randaug is true or false (RandomAugment(2, 7)), got {randaug!r}")
+        self.randaug = vl_random_augment() if randaug and split == "train" else None
         self.answers = list(answers) if answers is not None else answer_vocabulary(root, min_answer_count)
         self.answer_to_label = {answer: label for label, answer in enumerate(self.answers)}
         self.annotations: dict[int, dict[str, Any]] = {}
@@ -172,7 +179,7 @@ class VQAv2Dataset(Dataset):
         targets = torch.zeros(len(self.answers))
         for label, score in item["scores"].items():
             targets[label] = score
-        image = vl_image(self.root / item["image_path"], self.img_size, train=self.split == "train")
+        image = vl_image(self.root / item["image_path"], self.img_size, self.split == "train", self.randaug)
         return {"image": image, "text": text, "text_padding_mask": padding, "targets": targets, "qid": item["qid"]}
 
 
@@ -180,6 +187,7 @@ class VQAv2Task(Task):
     name = "vqav2"
     recipes = RECIPES
     selection_key = "score"
+    dataset_augmentations = ("randaug",)
 
     def build_model(self, backbone_name: str, num_answers: int = NUM_RELEASED_ANSWERS, **overrides: Any) -> VQAModel:
         backbone = beit3_core.build_model(backbone_name, **(overrides | {"normalize_output": False}))

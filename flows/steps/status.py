@@ -10,7 +10,7 @@ from pathlib import Path
 
 from flows.settings import Settings
 from flows.steps.config import benchmark_config, load_pipeline_config, resolve_preprocess, resolve_pretrain
-from flows.steps.finetune import finetune_entry_point, finetune_key_of
+from flows.steps.finetune import finetune_key_of
 from flows.steps.ingest import ingest_key_of, source_fingerprints
 from flows.steps.keys import digest
 from flows.steps.preprocess import preprocess_key_of
@@ -76,14 +76,9 @@ def pipeline_status(config_path: str | Path) -> list[StepStatus]:
     stale = check("pretrain", None if upstream else pretrain_key_of(pretrain_cfg, dataset), upstream)
     pretrained = (ledger.get("pretrain") or {}).get("output")
     upstream = "pretrain" if stale or not pretrained else None
-    available = finetune_entry_point()
     benchmarks, any_stale = [], False
     for b in cfg.benchmarks:
         label = f"finetune[{b.task}]"
-        if not callable(available):
-            rows.append(StepStatus(label, ledger.get(label, {}).get("state", "-"), "-", False, available))
-            benchmarks.append({"task": b.task, "status": "not_available", "reason": available})
-            continue
         key = (
             None
             if upstream

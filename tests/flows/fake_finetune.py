@@ -1,4 +1,4 @@
-"""A stand-in for `evaluation.finetune` (not written yet), installed into `sys.modules` by the flow tests.
+"""A fast stand-in for `evaluation.finetune`, installed into `sys.modules` by the flow tests.
 
 Its metrics are a deterministic function of the checkpoint bytes and the task config, so a changed
 checkpoint or config shows up in the results, and every call is counted per task.

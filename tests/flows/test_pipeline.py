@@ -1,6 +1,6 @@
 """The `beit3-pipeline` flow end to end on a tiny raw dataset: real Prefect, real Ray (preprocessing and Ray Train
-pretraining), real MLflow; only `evaluation.finetune` is a stand-in that counts calls (the real one is tested in
-tests/integration/test_finetune_ray.py).
+pretraining), real MLflow; `evaluation.finetune` is a fast stand-in that counts calls per benchmark, so that reruns can
+be counted (test_pipeline_real_finetune.py runs the DAG with the real fine-tuning).
 
 One sequence of flow runs over one run directory, each a module fixture built on the previous one:
 first run -> unchanged rerun -> one benchmark's config changed -> one raw file changed.

@@ -5,17 +5,15 @@ BEiT-3 (64 wide, 2 layers, 32 px) with a SentencePiece model trained here. One l
 (`run_finetune` reuses an initialised Ray). Worker kills and resumption are covered by the pretraining tests.
 """
 
-import io
 import json
 import os
-import tarfile
 from pathlib import Path
 
 import mlflow
 import pytest
 import torch
 import yaml
-from PIL import Image
+from support.demo_layout import CLASSES, NOUNS, write_demo_layout
 
 from beit3_core.checkpoint import save_checkpoint
 from beit3_core.config import get_config
@@ -28,47 +26,8 @@ from flows.cli import main as cli_main
 
 pytestmark = pytest.mark.slow
 
-NOUNS = ["frog", "ostrich", "hen", "heron", "lark", "duck", "crow", "apple", "tree", "boat", "kite", "cake"]
-CLASSES = ["bag", "coat", "dress", "sandal", "shirt", "trouser"]
 MICRO = {"embed_dim": 64, "num_layers": 2, "num_heads": 4, "ffn_dim": 128, "patch_size": 16}
 EXPERIMENT = "finetune-test"
-
-
-def _png(color, mode="RGB", size=(40, 30)) -> bytes:
-    buffer = io.BytesIO()
-    Image.new(mode, size, color).save(buffer, format="PNG")
-    return buffer.getvalue()
-
-
-def _add(tar: tarfile.TarFile, name: str, data: bytes) -> None:
-    info = tarfile.TarInfo(name)
-    info.size = len(data)
-    tar.addfile(info, io.BytesIO(data))
-
-
-def _fake_demo(root: Path) -> Path:
-    """Tux Paint tars (stamp + caption), emoji with names and Fashion-MNIST-style class folders."""
-    (root / "tuxpaint").mkdir(parents=True)
-    with tarfile.open(root / "tuxpaint" / "00000.tar", "w") as tar:
-        for index in range(30):
-            noun = NOUNS[index % len(NOUNS)]
-            key = f"{index:05d}"
-            meta = {"key": key, "caption": f"A {noun}.", "stamp": f"animals/{noun}-{index}"}
-            _add(tar, f"{key}.json", json.dumps(meta).encode())
-            _add(tar, f"{key}.png", _png((index * 8, 20 * (index % 12), 200 - index * 5, 255), mode="RGBA"))
-    (root / "emoji" / "images").mkdir(parents=True)
-    rows = []
-    for i in range(24):
-        name = f"images/{0x1F300 + i:05x}.png"
-        (root / "emoji" / name).write_bytes(_png((i * 10, 250 - i * 10, 90)))
-        rows.append({"image": name, "caption": f"symbol {NOUNS[i % len(NOUNS)]}"})
-    (root / "emoji" / "pairs.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
-    for c, name in enumerate(CLASSES):
-        (root / "fashion_mnist" / name).mkdir(parents=True)
-        for k in range(6):
-            path = root / "fashion_mnist" / name / f"train_{c * 100 + k:05d}.png"
-            path.write_bytes(_png((c * 40, 255 - c * 40, k * 10)))
-    return root
 
 
 @pytest.fixture(scope="module")
@@ -87,7 +46,7 @@ def ray_local():
 def bench(tmp_path_factory) -> dict:
     """Miniature benchmarks, a tokenizer trained on their texts and a micro MDM checkpoint to start from."""
     folder = tmp_path_factory.mktemp("finetune")
-    demo = _fake_demo(folder / "demo")
+    demo = write_demo_layout(folder / "demo")
     sizes = dict(num_caption_images=24, num_nocaps_images=5, images_per_class=5, num_nlvr2_sets=(6, 3, 3))
     tasks = build_miniature_benchmarks(demo, folder / "mini", seed=0, **sizes)["tasks"]
     sentences = [f"a {n}. is this a {n}? what is shown in the picture? an emoji of symbol {n}." for n in NOUNS]

@@ -1,0 +1,73 @@
+"""The `beit3-pipeline` flow with nothing stood in: real Prefect, Ray, Ray Train pretraining and fine-tuning, MLflow.
+
+One benchmark (ImageNet-style classification on a miniature benchmark) fine-tunes the micro model that the DAG
+pretrains, so the whole chain raw files -> shards -> MDM checkpoint -> fine-tuned task checkpoint -> results
+runs as users run it. The caching and rerun behaviour of the DAG is covered in test_pipeline.py.
+"""
+
+import json
+import os
+from pathlib import Path
+
+import mlflow
+import pytest
+from support.demo_layout import write_demo_layout
+from support.raw_data import build_raw_dataset, tiny_preprocess_config
+
+from beit3_core.checkpoint import read_checkpoint_metadata
+from evaluation.finetune.weights import load_task_checkpoint
+from evaluation.miniature import build_miniature_benchmarks
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture(scope="module")
+def real_run(tmp_path_factory, pipeline_config_writer, prefect_server, ray_local):
+    from flows.pipeline import beit3_pipeline
+
+    os.environ.setdefault("RAY_TRAIN_HEALTH_CHECK_INTERVAL_S", "0.2")
+    root = tmp_path_factory.mktemp("real-pipeline")
+    raw = build_raw_dataset(root / "raw")
+    sources = [s for s in raw["sources"] if s["name"] in ("pairs", "images", "texts")]
+    preprocess = tiny_preprocess_config(root, root / "unused-output", sources)
+    sizes = dict(num_caption_images=12, num_nocaps_images=3, images_per_class=4, num_nlvr2_sets=(4, 2, 2))
+    imagenet = build_miniature_benchmarks(write_demo_layout(root / "demo"), root / "mini", seed=0, **sizes)["tasks"][
+        "imagenet"
+    ]
+    overrides = {
+        "data": {"root": str(imagenet["root"]), "options": imagenet["options"], "batch_size": 4},
+        "model": {"img_size": 32, "drop_path_rate": 0.0},
+        "optim": {"lr": 2e-3, "warmup_epochs": 0.5},
+        "run": {"epochs": 1, "num_workers": 1, "log_every": 2},
+    }
+    config = pipeline_config_writer(root, preprocess, [{"task": "imagenet", "overrides": overrides}])
+    return beit3_pipeline(str(config))
+
+
+def test_the_dag_fine_tunes_the_checkpoint_it_pretrained(real_run, prefect_states):
+    states = prefect_states(real_run["flow_run_id"])
+    assert states["pretrain"] == states["finetune[imagenet]"] == states["report"] == "Completed"
+    results = json.loads((Path(real_run["run_dir"]) / "results.json").read_text())
+    entry = results["benchmarks"]["imagenet"]
+    assert entry["status"] == "completed"
+    assert 0 <= entry["metrics"]["acc1"] <= entry["metrics"]["acc5"] <= 100
+
+    model, header = load_task_checkpoint(entry["checkpoint"])
+    assert header["task"] == "imagenet"
+    pretrained = json.loads(read_checkpoint_metadata(results["pretrain"]["checkpoint"])["config"])
+    shape = ("embed_dim", "num_layers", "num_heads", "ffn_dim", "patch_size", "img_size", "vocab_size")
+    assert {k: header["config"][k] for k in shape} == {k: pretrained[k] for k in shape}  # the micro model it pretrained
+    assert pretrained["embed_dim"] == 64
+
+
+def test_the_fine_tune_is_a_nested_mlflow_run_with_its_metrics(real_run):
+    client = mlflow.MlflowClient(tracking_uri=f"sqlite:///{Path(real_run['run_dir']) / '.state' / 'mlflow.db'}")
+    parent = client.get_run(real_run["mlflow_run_id"])
+    children = client.search_runs(
+        [parent.info.experiment_id], filter_string=f"tags.mlflow.parentRunId = '{parent.info.run_id}'"
+    )
+    finetune = next(c for c in children if c.data.tags["beit3.step"] == "finetune[imagenet]")
+    metrics = real_run["results"]["benchmarks"]["imagenet"]["metrics"]
+    assert finetune.data.metrics["eval_acc1"] == pytest.approx(metrics["acc1"])
+    assert finetune.data.tags["beit3.pretrain_run"] == real_run["results"]["pretrain"]["mlflow_run_id"]
+    assert parent.data.metrics["imagenet/acc1"] == pytest.approx(metrics["acc1"])
