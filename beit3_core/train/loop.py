@@ -7,8 +7,6 @@ nothing is skipped and nothing is seen twice.
 
 import contextlib
 import logging
-import os
-import signal
 import tempfile
 import time
 from pathlib import Path
@@ -19,6 +17,7 @@ from beit3_core.mdm import BEiT3ForMDM
 from beit3_core.optim import build_adamw
 from beit3_core.train.checkpointing import load_training_state, save_training_state
 from beit3_core.train.config import PretrainConfig, build_config
+from beit3_core.train.faults import kill_once
 from beit3_core.train.metrics import StepMeter
 from beit3_core.train.model_setup import build_pretraining_model, parallelize
 from beit3_core.train.schedule import cosine_with_warmup
@@ -71,7 +70,7 @@ def train_loop_per_worker(loop_config: dict) -> None:
 
     model.train()
     for step in range(start_step + 1, cfg.run.steps + 1):
-        _inject_fault(cfg, rank, step)
+        kill_once(cfg.run.fault_injection, rank, step)
         lr = cosine_with_warmup(step - 1, cfg.run.steps, cfg.optim.warmup_steps, cfg.optim.lr, cfg.optim.min_lr)
         for group in optimizer.param_groups:
             group["lr"] = lr
@@ -112,18 +111,6 @@ def _report_checkpoint(cfg: PretrainConfig, model: BEiT3ForMDM, optimizer, step:
     with tempfile.TemporaryDirectory() as tmp:
         save_training_state(Path(tmp), model, optimizer, step, {"step": step}, cfg.to_dict())
         ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(tmp))
-
-
-def _inject_fault(cfg: PretrainConfig, rank: int, step: int) -> None:
-    """Tests: SIGKILL this worker once (a marker file records that it happened)."""
-    fault = cfg.run.fault_injection
-    if not fault or fault.get("kill_rank") != rank or fault.get("at_step") != step:
-        return
-    marker = Path(fault["marker"])
-    if marker.exists():
-        return
-    marker.write_text(f"killed rank {rank} at step {step}\n")
-    os.kill(os.getpid(), signal.SIGKILL)
 
 
 class MlflowRank0Logger:

@@ -49,7 +49,7 @@ RECIPE_FIELDS = {
 }
 # Run fields that do not change the trained model (left out of the fingerprint).
 VOLATILE_RUN_FIELDS = ("name", "storage_path", "output_dir", "mlflow_tracking_uri", "mlflow_experiment")
-VOLATILE_RUN_FIELDS += ("ray_address", "max_failures")
+VOLATILE_RUN_FIELDS += ("ray_address", "max_failures", "fault_injection")
 
 
 @dataclass(kw_only=True)
@@ -151,6 +151,8 @@ class RunSection:
     mlflow_tracking_uri: str | None = None
     """Default: MLFLOW_TRACKING_URI, else sqlite:///<storage_path>/mlflow.db."""
     mlflow_experiment: str = "beit3-finetune"
+    fault_injection: dict = field(default_factory=dict)
+    """Tests only: {"kill_rank": r, "at_step": s, "marker": path} SIGKILLs that worker once."""
 
 
 SECTIONS = {

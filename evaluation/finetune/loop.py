@@ -33,6 +33,7 @@ from safetensors.torch import load_file
 from torch import nn
 from torch.utils.data import DataLoader, Dataset, DistributedSampler
 
+from beit3_core.train.faults import kill_once
 from beit3_core.train.loop import MlflowRank0Logger as MlflowRank0
 from beit3_core.train.schedule import cosine_with_warmup
 from evaluation.finetune.config import FinetuneConfig, build_finetune_config
@@ -118,6 +119,7 @@ def train_loop_per_worker(loop_config: dict) -> None:
         sampler.set_epoch(epoch)
         torch.manual_seed(epoch_seed(cfg.run.seed, epoch, rank))
         for batch in loader:
+            kill_once(cfg.run.fault_injection, rank, step + 1)
             lr = cosine_with_warmup(step, total_steps, warmup_steps, cfg.optim.lr, cfg.optim.min_lr)
             for group in optimizer.param_groups:
                 group["lr"] = lr * group["lr_scale"]

@@ -6,6 +6,7 @@ BEiT-3 (64 wide, 2 layers, 32 px) with a SentencePiece model trained here. One l
 """
 
 import json
+import math
 import os
 from pathlib import Path
 
@@ -22,6 +23,7 @@ from beit3_core.text_tokenizer import train_sentencepiece
 from evaluation.finetune import build_finetune_config, evaluate_checkpoint, load_finetune_config, run_finetune
 from evaluation.finetune.weights import load_task_checkpoint
 from evaluation.miniature import build_miniature_benchmarks
+from evaluation.tasks.imagenet import index_split
 from flows.cli import main as cli_main
 
 pytestmark = pytest.mark.slow
@@ -106,8 +108,13 @@ def _check_run(result: dict, task: str, metric: str) -> None:
     assert header["task"] == task and model.beit3.config.embed_dim == 64
 
 
-def test_imagenet(bench, ray_local):
-    result = _finetune(bench, "imagenet")
+@pytest.fixture(scope="module")
+def imagenet_run(bench, ray_local):
+    return _finetune(bench, "imagenet")
+
+
+def test_imagenet(bench, imagenet_run):
+    result = imagenet_run
     metrics = result["metrics"]
     assert result["eval_split"] == "val" and metrics["num_images"] == 6
     assert 0 <= metrics["acc1"] <= metrics["acc5"] <= 100
@@ -117,6 +124,23 @@ def test_imagenet(bench, ray_local):
     # Evaluating the fine-tuned checkpoint again reproduces the metrics (deterministic eval transform).
     again = evaluate_checkpoint("imagenet", result["checkpoint"], _config(bench, "imagenet"))
     assert again["metrics"]["acc1"] == metrics["acc1"]
+
+
+def test_killed_worker_resumes_from_the_epoch_checkpoint_with_identical_weights(bench, imagenet_run, tmp_path):
+    """A real SIGKILL of rank 1 in the second epoch: Ray restarts the workers from the epoch-1 checkpoint and the
+    fine-tuned weights equal those of the uninterrupted run (fixed seed, CPU)."""
+    train_items = len(index_split(bench["tasks"]["imagenet"]["root"], "train"))
+    steps_per_epoch = math.ceil(train_items / 2) // 2  # 2 ranks, 2 images per rank and step, last batch dropped
+    marker = tmp_path / "killed"
+    fault = {"kill_rank": 1, "at_step": steps_per_epoch + 2, "marker": str(marker)}
+    result = _finetune(bench, "imagenet", fault_injection=fault, storage_path=str(tmp_path / "runs"))
+    assert marker.read_text() == f"killed rank 1 at step {steps_per_epoch + 2}\n"  # the kill really happened
+    resumed, _ = load_task_checkpoint(result["checkpoint"])
+    reference, _ = load_task_checkpoint(imagenet_run["checkpoint"])
+    expected = reference.state_dict()
+    diffs = [(value - expected[name]).abs().max().item() for name, value in resumed.state_dict().items()]
+    assert max(diffs) <= 1e-6
+    assert result["metrics"] == imagenet_run["metrics"]
 
 
 def _cli(argv: list[str], capsys) -> dict:

@@ -3,6 +3,7 @@
 Each run is a `beit3 pretrain` subprocess, so every test gets its own local Ray and a real process to kill.
 """
 
+import json
 import os
 import signal
 import subprocess
@@ -16,6 +17,8 @@ import yaml
 from safetensors.torch import load_file
 from support.model_inputs import micro_pretrain_overrides
 from support.shards import build_test_shards
+
+from beit3_core.train.config import build_config
 
 pytestmark = pytest.mark.slow
 
@@ -91,7 +94,8 @@ def test_mlflow_run_holds_params_metrics_and_artifacts(reference_run):
     (run,) = client.search_runs(client.get_experiment_by_name("beit3-pretrain").experiment_id)
     assert run.info.status == "FINISHED"
     params = run.data.params
-    assert params["run.steps"] == str(STEPS) and params["optim.lr"] == "0.001"
+    assert params["run.steps"] == str(STEPS) and params["optim.lr"] == str(build_config("tiny_cpu").optim.lr)
+    assert params["data.pack_texts"] == "True" and json.loads(params["model.overrides"])["text_embed_init_std"] == 1.0
     assert params["model_config.embed_dim"] == "64" and params["model_config.visual_vocab_size"] == "8"
     for name in (
         "loss",
