@@ -18,6 +18,7 @@ from pathlib import Path
 from beit3_core.checkpoint import export_released_checkpoint, load_checkpoint
 from beit3_core.config import get_config
 from beit3_core.train.config import PretrainConfig
+from beit3_core.train.experiments import experiment_id, log_params
 from beit3_core.train.storage import RunStorage
 from beit3_core.train.streams import SYNTHETIC, read_shard_refs
 
@@ -97,24 +98,15 @@ def _open_mlflow_run(
     import mlflow
 
     client = mlflow.MlflowClient(tracking_uri=tracking_uri)
-    experiment = client.get_experiment_by_name(cfg.run.mlflow_experiment)
-    if experiment is None:
-        location = (storage / "mlartifacts").as_uri() if tracking_uri.startswith("sqlite") else None
-        experiment_id = client.create_experiment(cfg.run.mlflow_experiment, artifact_location=location)
-    else:
-        experiment_id = experiment.experiment_id
+    experiment = experiment_id(client, cfg.run.mlflow_experiment, tracking_uri, storage)
     if existing_run_id:
         client.update_run(existing_run_id, status="RUNNING")
         return existing_run_id
     run = client.create_run(
-        experiment_id, run_name=run_name, tags={"beit3.step": "pretrain", "beit3.config_hash": cfg.fingerprint()}
+        experiment, run_name=run_name, tags={"beit3.step": "pretrain", "beit3.config_hash": cfg.fingerprint()}
     )
     params = cfg.flat() | {f"model_config.{k}": str(v) for k, v in model_config.items()}
-    from mlflow.entities import Param
-
-    items = [Param(k, v[:6000]) for k, v in params.items()]
-    for i in range(0, len(items), 100):
-        client.log_batch(run.info.run_id, params=items[i : i + 100])
+    log_params(client, run.info.run_id, params)
     return run.info.run_id
 
 

@@ -25,6 +25,7 @@ from typing import Any
 import torch
 
 from beit3_core.config import get_config
+from beit3_core.train.experiments import experiment_id, log_params
 from beit3_core.train.launcher import build_torch_trainer, start_ray
 from beit3_core.train.launcher import default_tracking_uri as tracking_uri_for
 from beit3_core.train.storage import RunStorage
@@ -208,21 +209,13 @@ def _open_mlflow_run(
     cfg: FinetuneConfig, tracking_uri: str, storage: Path, run_name: str, step: str, extra_params: dict
 ) -> tuple[Any, str]:
     import mlflow
-    from mlflow.entities import Param
 
     client = mlflow.MlflowClient(tracking_uri=tracking_uri)
-    experiment = client.get_experiment_by_name(cfg.run.mlflow_experiment)
-    if experiment is None:
-        location = (storage / "mlartifacts").as_uri() if tracking_uri.startswith("sqlite") else None
-        experiment_id = client.create_experiment(cfg.run.mlflow_experiment, artifact_location=location)
-    else:
-        experiment_id = experiment.experiment_id
+    experiment = experiment_id(client, cfg.run.mlflow_experiment, tracking_uri, storage)
     tags = {"beit3.step": step, "beit3.task": cfg.task, "beit3.config_hash": cfg.fingerprint()}
-    run = client.create_run(experiment_id, run_name=run_name, tags=tags)
+    run = client.create_run(experiment, run_name=run_name, tags=tags)
     params = cfg.flat() | {"eval_split": cfg.eval_split} | {k: _param(v) for k, v in extra_params.items()}
-    items = [Param(k, str(v)[:6000]) for k, v in params.items()]
-    for i in range(0, len(items), 100):
-        client.log_batch(run.info.run_id, params=items[i : i + 100])
+    log_params(client, run.info.run_id, params)
     return client, run.info.run_id
 
 
