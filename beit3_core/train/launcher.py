@@ -19,6 +19,7 @@ from beit3_core.checkpoint import export_released_checkpoint, load_checkpoint
 from beit3_core.config import get_config
 from beit3_core.train.config import PretrainConfig
 from beit3_core.train.experiments import experiment_id, log_params
+from beit3_core.train.progress import progress_hooks, run_with_progress
 from beit3_core.train.storage import RunStorage
 from beit3_core.train.streams import SYNTHETIC, read_shard_refs
 
@@ -110,7 +111,7 @@ def _open_mlflow_run(
     return run.info.run_id
 
 
-def build_torch_trainer(loop, loop_config: dict, run, run_name: str, storage: RunStorage):
+def build_torch_trainer(loop, loop_config: dict, run, run_name: str, storage: RunStorage, callbacks=()):
     """A Ray Train `TorchTrainer` for `loop` with the scaling, storage, failure and checkpoint settings of `run`
     (any run section with num_workers, use_gpu, cpus_per_worker, max_failures, keep_checkpoints)."""
     from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
@@ -127,8 +128,20 @@ def build_torch_trainer(loop, loop_config: dict, run, run_name: str, storage: Ru
             storage_path=storage.ray_storage_path(),
             failure_config=FailureConfig(max_failures=run.max_failures),
             checkpoint_config=CheckpointConfig(num_to_keep=run.keep_checkpoints),
+            callbacks=list(callbacks),
         ),
     )
+
+
+def fit_trainer(loop, loop_config: dict, run, run_name: str, storage: RunStorage, label: str):
+    """Build the `TorchTrainer`, fit it with live progress on the driver (steps, failures, restarts) and return
+    the Ray Train result; a failed run raises its error. Ray must be started (`start_ray`)."""
+    board, callback = progress_hooks()
+    trainer = build_torch_trainer(loop, loop_config | {"progress": board}, run, run_name, storage, [callback])
+    result = run_with_progress(trainer.fit, board, label, run.max_failures)
+    if result.error is not None:
+        raise result.error
+    return result
 
 
 def run_pretraining(cfg: PretrainConfig, resume: str | None = None) -> PretrainResult:
@@ -178,12 +191,9 @@ def run_pretraining(cfg: PretrainConfig, resume: str | None = None) -> PretrainR
         "mlflow_run_id": mlflow_run_id,
         "tracking_uri": tracking_uri,
     }
-    trainer = build_torch_trainer(train_loop_per_worker, loop_config, cfg.run, run_name, storage)
     client = mlflow.MlflowClient(tracking_uri=tracking_uri)
     try:
-        result = trainer.fit()
-        if result.error is not None:
-            raise result.error
+        result = fit_trainer(train_loop_per_worker, loop_config, cfg.run, run_name, storage, f"pretrain {run_name}")
         final_dir = run_dir / "final"
         with result.checkpoint.as_directory() as folder:
             final_dir.mkdir(exist_ok=True)

@@ -20,6 +20,7 @@ from beit3_core.train.config import PretrainConfig, build_config
 from beit3_core.train.faults import kill_once
 from beit3_core.train.metrics import StepMeter
 from beit3_core.train.model_setup import build_pretraining_model, parallelize
+from beit3_core.train.progress import WorkerProgress
 from beit3_core.train.schedule import cosine_with_warmup
 from beit3_core.train.streams import build_step_batches
 
@@ -62,6 +63,7 @@ def train_loop_per_worker(loop_config: dict) -> None:
         cfg, loop_config["model_config"], loop_config["data_info"], rank, world_size, start_step
     )
     meter = StepMeter(cfg, loop_config["model_config"], device)
+    progress = WorkerProgress(loop_config, rank, cfg.run.steps, start_step)
     autocast = (
         torch.autocast("cuda", dtype=torch.bfloat16)
         if device.type == "cuda" and cfg.run.bf16
@@ -95,6 +97,7 @@ def train_loop_per_worker(loop_config: dict) -> None:
         metrics = meter.report(step, lr) if step % cfg.run.log_every == 0 or step == cfg.run.steps else None
         if metrics is not None and logger_run is not None:
             logger_run.log(metrics, step)
+            progress.log(step, metrics)
         if step % cfg.run.checkpoint_every == 0 or step == cfg.run.steps:
             _report_checkpoint(cfg, optimizer_model, optimizer, step, rank, metrics or {"step": step})
         elif metrics is not None:

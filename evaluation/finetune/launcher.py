@@ -26,8 +26,8 @@ import torch
 
 from beit3_core.config import get_config
 from beit3_core.train.experiments import experiment_id, log_params
-from beit3_core.train.launcher import build_torch_trainer, start_ray
 from beit3_core.train.launcher import default_tracking_uri as tracking_uri_for
+from beit3_core.train.launcher import fit_trainer, start_ray
 from beit3_core.train.storage import RunStorage
 from evaluation.finetune.config import FinetuneConfig, resolve_paths, to_finetune_config
 from evaluation.finetune.loop import load_tokenizer, train_dataset
@@ -97,11 +97,8 @@ def run_finetune(task: str, config: FinetuneConfig | dict, init_checkpoint: str 
         "mlflow_run_id": run_id,
         "tracking_uri": tracking_uri,
     }
-    trainer = build_torch_trainer(train_loop_per_worker, loop_config, cfg.run, run_name, storage)
     try:
-        result = trainer.fit()
-        if result.error is not None:
-            raise result.error
+        result = fit_trainer(train_loop_per_worker, loop_config, cfg.run, run_name, storage, f"finetune {task}")
         checkpoint = out_dir / CHECKPOINT_NAME
         out_dir.mkdir(parents=True, exist_ok=True)
         with result.checkpoint.as_directory() as folder:

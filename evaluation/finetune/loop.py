@@ -35,6 +35,7 @@ from torch.utils.data import DataLoader, Dataset, DistributedSampler
 
 from beit3_core.train.faults import kill_once
 from beit3_core.train.loop import MlflowRank0Logger as MlflowRank0
+from beit3_core.train.progress import WorkerProgress
 from beit3_core.train.schedule import cosine_with_warmup
 from evaluation.finetune.config import FinetuneConfig, build_finetune_config
 from evaluation.finetune.predict import to_device
@@ -113,6 +114,7 @@ def train_loop_per_worker(loop_config: dict) -> None:
     )
     logger_run = MlflowRank0(loop_config) if rank == 0 else None
     meter = _WindowMeter(device)
+    progress = WorkerProgress(loop_config, rank, total_steps, step, cfg.data.batch_size)
     max_norm = cfg.optim.grad_clip if cfg.optim.grad_clip is not None else math.inf
     trained.train()
     for epoch in range(start_epoch, cfg.run.epochs):
@@ -134,6 +136,7 @@ def train_loop_per_worker(loop_config: dict) -> None:
                 logged = meter.report() | {"lr": lr, "epoch": epoch + 1}
                 if logger_run is not None:
                     logger_run.log(logged, step)
+                    progress.log(step, logged)
         _report_epoch(cfg, model, optimizer, epoch + 1, step, rank, loop_config)
 
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 import inspect
 import math
 import re
+import time
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -17,6 +18,7 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader
 
+from beit3_core.train.progress import ProgressDisplay
 from evaluation.tasks import Task
 
 SUBMISSION_SUFFIXES = {"nlvr2": ".csv"}
@@ -50,9 +52,11 @@ def evaluate_split(
         dataset, batch_size=batch_size, shuffle=False, collate_fn=task.collate, num_workers=loader_workers
     )
     records = []
-    with torch.no_grad():
-        for batch in loader:
+    with torch.no_grad(), ProgressDisplay(f"evaluate {task.name} {dataset.split}", len(loader)) as progress:
+        started = time.perf_counter()
+        for index, batch in enumerate(loader, 1):
             records += task.predict(model, to_device(batch, device), **extra)
+            progress.update(index, rate=len(records) / (time.perf_counter() - started), force=index == len(loader))
     metrics = task.evaluate(records, dataset)
     submission = task.write_submission(records, Path(out_dir) / submission_name(task.name, dataset.split), dataset)
     return metrics, Path(submission)

@@ -81,6 +81,9 @@ def reference_run(shards, tmp_path_factory):
 def test_run_reports_where_mlflow_is_and_the_loss_falls(reference_run):
     storage, stdout = reference_run
     assert "MLflow run" in stdout and f"sqlite:///{storage}/mlflow.db" in stdout
+    # Live progress (plain lines: no terminal): the first logged step and the last, with loss and rate.
+    lines = [line for line in stdout.splitlines() if line.startswith("pretrain pretrain-") and ": step " in line]
+    assert lines and f"step {STEPS}/{STEPS} loss " in lines[-1] and "samples/s" in lines[-1], stdout
     client = mlflow.MlflowClient(tracking_uri=f"sqlite:///{storage}/mlflow.db")
     (run,) = client.search_runs(client.get_experiment_by_name("beit3-pretrain").experiment_id)
     history = client.get_metric_history(run.info.run_id, "loss")
@@ -122,8 +125,17 @@ def test_killed_worker_is_restarted_and_the_result_is_identical(reference_run, s
     storage, _ = reference_run
     marker = tmp_path / "killed"
     fault = {"kill_rank": 1, "at_step": 7, "marker": str(marker)}
-    _pretrain(_write_config(tmp_path, shards, tmp_path / "runs", fault_injection=fault))
+    out = _pretrain(_write_config(tmp_path, shards, tmp_path / "runs", fault_injection=fault))
     assert marker.read_text() == "killed rank 1 at step 7\n"  # the SIGKILL really happened
+    # The user is told which rank died and where the restarted group continues (the last checkpoint the
+    # controller registered before the failure: step 4, or the start when the kill came first), then the rest.
+    (failure,) = [line for line in out.stdout.splitlines() if "worker failure:" in line]
+    assert "rank 1 (WorkerHealthCheckFailedError" in failure and "restarts left after this one: 1" in failure
+    restart = failure.split("restarting from ")[1]
+    assert restart.startswith(("step 4,", "the start")), failure
+    if restart.startswith("step 4,"):
+        assert "rank 0 resumed from the checkpoint of step 4" in out.stdout, out.stdout
+    assert f"step {STEPS}/{STEPS} loss" in out.stdout.split(failure)[1]
     assert _max_diff(_final_weights(tmp_path / "runs"), _final_weights(storage)) <= 1e-6
 
 
