@@ -238,3 +238,35 @@ def run_with_progress(fit, board, label: str, max_failures: int) -> Any:
             reader.stop.set()
             reader.thread.join(timeout=10)
             ray.kill(board)
+
+
+class StageProgress:
+    """The `add_task` / `advance` face of `rich.progress.Progress` over `ProgressDisplay`s: one display per stage
+    (a stage ends when the next one starts), for libraries that report stages of counted work."""
+
+    def __init__(self, label: str):
+        self.label = label
+        self.display: ProgressDisplay | None = None
+        self.done, self.started = 0, 0.0
+
+    def __enter__(self) -> StageProgress:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._close()
+
+    def add_task(self, description: str, total: int) -> int:
+        self._close()
+        self.display = ProgressDisplay(f"{self.label} {description}", total).__enter__()
+        self.done, self.started = 0, time.monotonic()
+        self.display.restart_from(0, total)
+        return 0
+
+    def advance(self, task: int, amount: int = 1) -> None:
+        self.done += amount
+        self.display.update(self.done, rate=self.done / max(time.monotonic() - self.started, 1e-9))
+
+    def _close(self) -> None:
+        if self.display is not None:
+            self.display.__exit__(None, None, None)
+            self.display = None

@@ -8,6 +8,7 @@ from pathlib import Path
 
 from prefect import task
 
+from beit3_core.train.progress import StageProgress
 from flows.settings import Settings, ensure_ray
 from flows.steps.config import preprocess_config_hash
 from flows.steps.keys import code_hash, step_key
@@ -30,7 +31,8 @@ def preprocess_key(_ctx, params: dict) -> str:
 @task(cache_key_fn=preprocess_key)
 def preprocess(cfg: PreprocessConfig, sources: list[dict], settings: Settings, tracking: Tracking) -> dict:
     ensure_ray(settings)
-    report = run_preprocessing(cfg)
+    with StageProgress("preprocess") as progress:
+        report = run_preprocessing(cfg, progress=progress)
     summary = summarize(report.manifest, report.shards_built, report.shards_reused, Path(cfg.output))
     summary["key"] = preprocess_key_of(cfg, sources)
     tracking.nested_run(
