@@ -26,8 +26,6 @@ from typing import Any
 import yaml
 
 # Splits with ground truth that the release reports (VQAv2 test-dev/test-std are scored by EvalAI only).
-EVAL_SPLITS = {"imagenet": "val", "vqav2": "val"}
-DEFAULT_EVAL_SPLIT = "test"
 
 # Recipe key -> (section, field).
 RECIPE_FIELDS = {
@@ -183,7 +181,7 @@ class FinetuneConfig:
             )
         if self.optim.head_lr_scale != 1.0 and self.optim.layer_decay != 1.0:
             raise ValueError("optim.head_lr_scale applies only without layer decay (optim.layer_decay: 1.0)")
-        if self.task != "imagenet" and not self.data.tokenizer:
+        if _task(self.task).reads_text and not self.data.tokenizer:
             raise ValueError(f"task {self.task!r} reads text: set data.tokenizer to a SentencePiece model")
         unused = sorted(set(self.active_augmentations()) - set(self.task_augmentations()))
         if unused:
@@ -195,16 +193,14 @@ class FinetuneConfig:
 
     def task_augmentations(self, kind: str = "all") -> dict[str, Any]:
         """`augment` fields the task applies: `kind` "dataset" (options of the training split), "loss" or "all"."""
-        from evaluation.tasks import get_task
-
-        task = get_task(self.task)
+        task = _task(self.task)
         names = {"dataset": task.dataset_augmentations, "loss": task.loss_augmentations}
         names["all"] = names["dataset"] + names["loss"]
         return {name: getattr(self.augment, name) for name in names[kind]}
 
     @property
     def eval_split(self) -> str:
-        return self.data.eval_split or EVAL_SPLITS.get(self.task, DEFAULT_EVAL_SPLIT)
+        return self.data.eval_split or _task(self.task).eval_split
 
     @property
     def eval_batch_size(self) -> int:
@@ -232,18 +228,20 @@ class FinetuneConfig:
         return hashlib.sha256(json.dumps(d, sort_keys=True).encode()).hexdigest()[:12]
 
 
+def _task(name: str):
+    from evaluation.tasks import get_task  # the tasks import this module's sections: resolve at call time
+
+    return get_task(name)
+
+
 def _param_text(value: Any) -> str:
     return json.dumps(value) if isinstance(value, dict | list | tuple) else str(value)
 
 
 def recipe_overrides(task_name: str, model_name: str) -> dict[str, dict[str, Any]]:
     """The task's released recipe as nested config overrides (large recipe for a large backbone)."""
-    from evaluation.tasks import get_task
-
-    task = get_task(task_name)
-    size = "large" if "large" in model_name and "large" in task.recipes else "base"
     out: dict[str, dict[str, Any]] = {}
-    for key, value in task.recipes[size].items():
+    for key, value in _task(task_name).recipe(model_name).items():
         if key in RECIPE_FIELDS:
             section, name = RECIPE_FIELDS[key]
             out.setdefault(section, {})[name] = value

@@ -6,7 +6,6 @@ the release's accuracy meters do not guarantee (spec benchmarks.md section 2).
 
 from __future__ import annotations
 
-import inspect
 import math
 import re
 import time
@@ -21,16 +20,11 @@ from torch.utils.data import DataLoader
 from beit3_core.train.progress import ProgressDisplay
 from evaluation.tasks import Task
 
-SUBMISSION_SUFFIXES = {"nlvr2": ".csv"}
 _METRIC_NAME = re.compile(r"[^\w.\- /]")
 
 
 def to_device(batch: dict[str, Any], device: torch.device) -> dict[str, Any]:
     return {k: v.to(device, non_blocking=True) if isinstance(v, torch.Tensor) else v for k, v in batch.items()}
-
-
-def submission_name(task: str, split: str) -> str:
-    return f"{task}_{split}_submission{SUBMISSION_SUFFIXES.get(task, '.json')}"
 
 
 def evaluate_split(
@@ -46,8 +40,6 @@ def evaluate_split(
     """(metrics, submission path) of `model` on `dataset`; the submission is written under `out_dir`."""
     device = torch.device(device)
     model.to(device).eval()
-    # Captioning decodes with the run's tokenizer (its <mask> id and vocabulary); other tasks take no options.
-    extra = {"tokenizer": tokenizer} if "tokenizer" in inspect.signature(task.predict).parameters else {}
     loader = DataLoader(
         dataset, batch_size=batch_size, shuffle=False, collate_fn=task.collate, num_workers=loader_workers
     )
@@ -55,10 +47,10 @@ def evaluate_split(
     with torch.no_grad(), ProgressDisplay(f"evaluate {task.name} {dataset.split}", len(loader)) as progress:
         started = time.perf_counter()
         for index, batch in enumerate(loader, 1):
-            records += task.predict(model, to_device(batch, device), **extra)
+            records += task.predict(model, to_device(batch, device), tokenizer)
             progress.update(index, rate=len(records) / (time.perf_counter() - started), force=index == len(loader))
     metrics = task.evaluate(records, dataset)
-    submission = task.write_submission(records, Path(out_dir) / submission_name(task.name, dataset.split), dataset)
+    submission = task.write_submission(records, Path(out_dir) / task.submission_name(dataset.split), dataset)
     return metrics, Path(submission)
 
 

@@ -36,12 +36,10 @@ from beit3_core.checkpoint import (
 )
 from beit3_core.mdm import BEiT3ForMDM
 from evaluation.tasks import Task, get_task
-from evaluation.tasks.captioning import CaptioningTask
 
 logger = logging.getLogger(__name__)
 
 TASK_KIND = "task"
-CAPTIONING_HEADS = ("mlm_head.",)
 
 
 def head_options_of(dataset: Any) -> dict[str, int]:
@@ -54,8 +52,8 @@ def head_options_of(dataset: Any) -> dict[str, int]:
 
 
 def heads_to_copy(task: Task) -> tuple[str, ...]:
-    """Prefixes of the pretrained heads a task keeps: the MLM head for captioning, nothing otherwise."""
-    return CAPTIONING_HEADS if isinstance(task, CaptioningTask) else ()
+    """Prefixes of the pretrained heads a task keeps (`Task.pretrained_heads`: the MLM head for captioning)."""
+    return task.pretrained_heads
 
 
 def resolve_backbone(

@@ -41,11 +41,23 @@ class Task(abc.ABC):
     """Fields of the fine-tuning config's `augment` section that `dataset` takes as options (train split)."""
     loss_augmentations: tuple[str, ...] = ()
     """Fields of the `augment` section that the training loop passes to `loss` as keyword options."""
+    eval_split: str = "test"
+    """The split a fine-tuned model is evaluated on by default (the one with public ground truth)."""
+    submission_suffix: str = ".json"
+    """File suffix of the official submission format."""
+    reads_text: bool = True
+    """Whether the task's inputs include text, so a SentencePiece model (`data.tokenizer`) is required."""
+    pretrained_heads: tuple[str, ...] = ()
+    """Prefixes of pretraining heads (e.g. `mlm_head.`) the task model keeps from an MDM checkpoint."""
 
-    @property
-    def recipe(self) -> dict[str, Any]:
-        """The base-size recipe (`recipes["large"]` for the large model)."""
-        return dict(self.recipes["base"])
+    def recipe(self, model_name: str = "base") -> dict[str, Any]:
+        """The released recipe for a backbone: `recipes["large"]` for a large model (where one was released),
+        else the base recipe."""
+        size = "large" if "large" in model_name and "large" in self.recipes else "base"
+        return dict(self.recipes[size])
+
+    def submission_name(self, split: str) -> str:
+        return f"{self.name}_{split}_submission{self.submission_suffix}"
 
     @abc.abstractmethod
     def build_model(self, backbone_name: str, **overrides: Any) -> nn.Module:
@@ -74,8 +86,9 @@ class Task(abc.ABC):
         """
 
     @abc.abstractmethod
-    def predict(self, model: nn.Module, batch: Batch) -> list[Record]:
-        """One record per example (call with the model in eval mode)."""
+    def predict(self, model: nn.Module, batch: Batch, tokenizer: Any = None) -> list[Record]:
+        """One record per example (call with the model in eval mode); `tokenizer` is the run's text tokenizer
+        (tasks that decode text use it, the others ignore it)."""
 
     @abc.abstractmethod
     def evaluate(self, records: Sequence[Record], dataset: Dataset) -> dict[str, Any]:

@@ -178,6 +178,7 @@ class CaptioningDataset(Dataset):
 class CaptioningTask(Task):
     selection_key = "CIDEr"
     dataset_augmentations = ("randaug",)
+    pretrained_heads = ("mlm_head.",)  # the MDM text head predicts the masked caption tokens as in pretraining
 
     def __init__(self, name: str, benchmark: str, recipes: dict[str, dict[str, Any]]):
         self.name, self.benchmark, self.recipes = name, benchmark, recipes
@@ -191,7 +192,7 @@ class CaptioningTask(Task):
     def loss(self, model: nn.Module, batch: Batch, step: int = 0) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         logits_MV = model(batch["image"], batch["text"], batch["text_padding_mask"], batch["masked_pos"])
         labels_M = batch["labels"][batch["masked_pos"]]
-        recipe = self.recipe
+        recipe = self.recipe()
         drop = recipe["drop_worst_ratio"] if step > recipe["drop_worst_after"] else 0.0
         loss = captioning_loss(logits_MV, labels_M, recipe["label_smoothing"], drop)
         acc = (logits_MV.argmax(dim=-1) == labels_M).float().mean()
@@ -207,7 +208,7 @@ class CaptioningTask(Task):
         layout (64,000 pieces: `<mask>` = 64001, 64,002 ids).
         """
         image = batch["image"]
-        num_beams = self.recipe["num_beams"]
+        num_beams = self.recipe()["num_beams"]
         mask_id = tokenizer.mask_id if tokenizer is not None else RELEASED_MASK_ID
         vocab = tokenizer.vocab_size if tokenizer is not None else RELEASED_TEXT_VOCAB
         image_beams = image.repeat_interleave(num_beams, dim=0)  # [B*K, 3, S, S]: rows b*K..b*K+K-1 = image b
@@ -222,8 +223,8 @@ class CaptioningTask(Task):
             eos_id=2,
             pad_id=1,
             num_beams=num_beams,
-            max_len=max_len or self.recipe["text_len"],
-            length_penalty=self.recipe["length_penalty"],
+            max_len=max_len or self.recipe()["text_len"],
+            length_penalty=self.recipe()["length_penalty"],
             device=image.device,
         )
         return [{"image_id": i, "token_ids": s} for i, s in zip(batch["image_id"].tolist(), sequences, strict=True)]

@@ -192,6 +192,8 @@ def _resize_center_crop(image: np.ndarray, size: int, crop_pct: float) -> np.nda
 
 class ImageNetTask(Task):
     name = "imagenet"
+    eval_split = "val"
+    reads_text = False
     recipes = RECIPES
     selection_key = "acc1"
     dataset_augmentations = ("randaug", "reprob")
@@ -208,7 +210,7 @@ class ImageNetTask(Task):
         self, model: nn.Module, batch: Batch, step: int = 0, mixup: float = 0.0, cutmix: float = 0.0
     ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         """Label-smoothed cross entropy; with `mixup` or `cutmix` alpha > 0 (training), Mixup/CutMix soft targets."""
-        smoothing = self.recipe["label_smoothing"]
+        smoothing = self.recipe()["label_smoothing"]
         if mixup > 0 or cutmix > 0:
             mixer = Mixup(mixup_alpha=mixup, cutmix_alpha=cutmix, label_smoothing=smoothing)
             images, lam = mixer.mix(batch["image"])
@@ -222,7 +224,7 @@ class ImageNetTask(Task):
         return loss, {"loss": loss.detach(), "acc1": acc.detach()}
 
     @torch.no_grad()
-    def predict(self, model: nn.Module, batch: Batch) -> list[Record]:
+    def predict(self, model: nn.Module, batch: Batch, tokenizer: Any = None) -> list[Record]:
         logits_BC = model(batch["image"])
         ranked_BK = logits_BC.topk(min(5, logits_BC.shape[1]), dim=-1).indices.tolist()
         return [{"image_id": i, "ranked": r} for i, r in zip(batch["image_id"], ranked_BK, strict=True)]

@@ -133,6 +133,7 @@ def _truth(label: str | bool) -> bool:
 
 class NLVR2Task(Task):
     name = "nlvr2"
+    submission_suffix = ".csv"
     recipes = RECIPES
     selection_key = "accuracy"
 
@@ -149,7 +150,7 @@ class NLVR2Task(Task):
         return loss, {"loss": loss.detach(), "accuracy": acc.detach() * 100}
 
     @torch.no_grad()
-    def predict(self, model: nn.Module, batch: Batch) -> list[Record]:
+    def predict(self, model: nn.Module, batch: Batch, tokenizer: Any = None) -> list[Record]:
         logits_B2 = model(batch["image"], batch["image2"], batch["text"], batch["text_padding_mask"])
         predicted = logits_B2.argmax(dim=-1).tolist()
         return [{"identifier": i, "prediction": bool(p)} for i, p in zip(batch["identifier"], predicted, strict=True)]

@@ -135,7 +135,7 @@ class RetrievalTask(Task):
         return loss, {"loss": loss.detach(), "logit_scale": model.logit_scale.detach().exp()}
 
     @torch.no_grad()
-    def predict(self, model: nn.Module, batch: Batch) -> list[Record]:
+    def predict(self, model: nn.Module, batch: Batch, tokenizer: Any = None) -> list[Record]:
         """Per caption: its features and its image's features (CPU tensors; images de-duplicated later)."""
         image_BD, text_BD = model(batch["image"], batch["text"], batch["text_padding_mask"])
         return [

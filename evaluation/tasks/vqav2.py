@@ -185,6 +185,7 @@ class VQAv2Dataset(Dataset):
 
 class VQAv2Task(Task):
     name = "vqav2"
+    eval_split = "val"
     recipes = RECIPES
     selection_key = "score"
     dataset_augmentations = ("randaug",)
@@ -205,7 +206,7 @@ class VQAv2Task(Task):
         return loss, {"loss": loss.detach(), "score": score.detach() * 100}
 
     @torch.no_grad()
-    def predict(self, model: nn.Module, batch: Batch) -> list[Record]:
+    def predict(self, model: nn.Module, batch: Batch, tokenizer: Any = None) -> list[Record]:
         logits_BA = model(batch["image"], batch["text"], batch["text_padding_mask"])
         best_B = logits_BA.argmax(dim=1)
         target_B = batch["targets"].gather(1, best_B[:, None])[:, 0]

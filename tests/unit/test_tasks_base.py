@@ -25,15 +25,51 @@ def test_recipes_have_the_released_fields(name):
     task = get_task(name)
     for size in ("base", "large"):
         assert RECIPE_KEYS <= set(task.recipes[size])
-    assert task.recipe == task.recipes["base"]
+
+
+# The released recipe tables (spec benchmarks.md, "(d) Recipe" of each unit): (task, field) -> (base, large).
+RELEASED = {
+    ("imagenet", "lr"): (7e-4, 2e-4),
+    ("imagenet", "layer_decay"): (0.65, 0.8),
+    ("imagenet", "drop_path"): (0.15, 0.25),
+    ("nlvr2", "lr"): (7e-4, 3e-4),
+    ("nlvr2", "layer_decay"): (0.65, 0.85),
+    ("vqav2", "lr"): (3e-5, 2e-5),
+    ("vqav2", "drop_path"): (0.1, 0.15),
+    ("coco_captioning", "lr"): (4e-5, 8e-6),
+    ("nocaps", "lr"): (1e-5, 8e-6),
+    ("coco_retrieval", "lr"): (2e-4, 5e-5),
+    ("coco_retrieval", "layer_decay"): (0.65, 0.85),
+}
+
+
+@pytest.mark.parametrize(("task", "field"), sorted(RELEASED))
+def test_recipe_follows_the_model_size(task, field):
+    base, large = RELEASED[task, field]
+    assert get_task(task).recipe()[field] == base
+    assert get_task(task).recipe("beit3_base_patch16_224")[field] == base
+    assert get_task(task).recipe("beit3_large_patch16_224")[field] == large
 
 
 def test_released_recipe_values():
-    assert get_task("imagenet").recipe["lr"] == 7e-4 and get_task("imagenet").recipe["label_smoothing"] == 0.1
-    assert get_task("vqav2").recipe["task_head_lr_weight"] == 20 and get_task("vqav2").recipe["img_size"] == 480
-    assert get_task("nlvr2").recipes["large"]["layer_decay"] == 0.85
-    assert get_task("coco_captioning").recipe["mask_prob"] == 0.7 and get_task("nocaps").recipe["lr"] == 1e-5
-    assert get_task("coco_retrieval").recipe["lr"] == 2e-4 and get_task("flickr30k_retrieval").recipe["lr"] == 1e-4
+    assert get_task("imagenet").recipe()["label_smoothing"] == 0.1
+    assert get_task("vqav2").recipe()["task_head_lr_weight"] == 20 and get_task("vqav2").recipe()["img_size"] == 480
+    assert get_task("coco_captioning").recipe()["mask_prob"] == 0.7
+    assert get_task("flickr30k_retrieval").recipe()["lr"] == 1e-4
+
+
+def test_task_facts():
+    """Evaluation split, submission format and text needs are the task's own (spec: public ground truth)."""
+    assert [get_task(t).eval_split for t in ("imagenet", "vqav2", "nlvr2", "coco_retrieval")] == [
+        "val",
+        "val",
+        "test",
+        "test",
+    ]
+    assert get_task("nlvr2").submission_name("test") == "nlvr2_test_submission.csv"
+    assert get_task("vqav2").submission_name("val") == "vqav2_val_submission.json"
+    assert not get_task("imagenet").reads_text and get_task("vqav2").reads_text
+    assert get_task("coco_captioning").pretrained_heads == ("mlm_head.",) and get_task("nlvr2").pretrained_heads == ()
 
 
 def test_default_collate_stacks_tensors_and_numbers():
