@@ -36,11 +36,12 @@ FORMATS = {
     ),
     "imagenet": (
         "predictions = a JSON object {image: class index} (top-1 only) or {image: [class indices, best "
-        "first]} with at least 5 distinct classes per image; annotations = a JSON object {file name: class "
-        "index} or 'file_name class_index' lines (val.txt layout, 0-based indices in sorted-wnid order). Keys "
-        "match on the file stem. Classes must lie in 0..num_classes-1 (--num-classes, default 1000); a "
-        "repeated class in a ranking, or a ranking of 2-4 classes, is an error naming the image. Prints "
-        "accuracy (top-1), top5_accuracy (null for one class per image or under 5 classes) and num_images."
+        "first]} with at least 5 distinct classes for every image; annotations = a JSON object {file name: "
+        "class index} or 'file_name class_index' lines (val.txt layout, 0-based indices in sorted-wnid order). "
+        "Keys match on the file stem. Classes must lie in 0..num_classes-1 (--num-classes, default 1000); a "
+        "repeated class in a ranking, or an image with fewer than 5 classes in a file of rankings, is an error "
+        "naming the image. Prints accuracy (top-1), top5_accuracy (null for one class per image, or under 5 "
+        "classes in all) and num_images."
     ),
     "coco_retrieval": (
         "predictions = a score matrix of every image x every caption of the split (higher = more similar): "
@@ -51,7 +52,8 @@ FORMATS = {
         "be finite. annotations = the Karpathy JSON (dataset_coco.json / dataset_flickr30k.json); --split "
         "picks the split (default test). Ties count against the correct item (a wrong candidate with an equal "
         "score ranks first), so the result does not depend on row or column order. Prints tr_r1, tr_r5, "
-        "tr_r10, ir_r1, ir_r5, ir_r10 (percent), average_score (their mean), num_images, num_texts, split."
+        "tr_r10, ir_r1, ir_r5, ir_r10 (percent), average_score (their mean), num_images, num_texts, split. "
+        "The zero-shot retrieval units are meant to read the same files."
     ),
     "flickr30k_retrieval": "as coco_retrieval, with dataset_flickr30k.json and imgid image ids.",
 }

@@ -5,8 +5,8 @@ Answering" (ICCV 2015). Checked against GT-Vision-Lab/VQA `PythonEvaluationTools
 (the reference for local val scoring; test-dev / test-std are scored on EvalAI), and against the soft-score
 function of microsoft/unilm `beit3/datasets.py` (`VQAv2Dataset.get_score`).
 
-Two revisions of the official script exist and give different numbers (on real val subsets the gap is tens of
-points); `revision` picks one, and every result names the one it followed:
+Two revisions of the official script exist and can give numbers many points apart on the same file;
+`revision` picks one, and every result names the one it followed:
 
 - "2021" (default, the current script): commit a013f00 "Fixed processing answers bug" (2021-03-11). The
   prediction and the human answers are cleaned (newline/tab to space, strip). When the cleaned human answers
