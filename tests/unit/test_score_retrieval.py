@@ -146,3 +146,12 @@ def test_bad_files(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     assert f"{no_test}: no image of split 'test' (splits present: restval, train, val)" in err
     err = _fail(capsys, "coco_retrieval", good, annotations)  # Flickr30K file read as COCO: no cocoid
     assert f"{annotations}: image 0 lacks 'cocoid'" in err
+
+
+def test_ragged_or_non_numeric_scores(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    annotations = _karpathy(tmp_path, coco=False)
+    for scores, message in ((SPEC_SCORES[:2] + [[0.1]], "'scores' is not a matrix"), ([["a"] * 6] * 3, "dtype <U1")):
+        path = tmp_path / "scores.json"
+        path.write_text(json.dumps({"image_ids": TEST_IMGIDS, "text_ids": TEST_SENTIDS, "scores": scores}))
+        err = _fail(capsys, "flickr30k_retrieval", path, annotations)
+        assert f"{path}: " in err and message in err, err
