@@ -75,6 +75,8 @@ def score_files(
         check_revision(revision)
         return _score_vqav2(predictions, annotations, None if questions is None else Path(questions), revision)
     if task == "imagenet":
+        if num_classes is not None and num_classes < 1:
+            raise ValueError(f"num_classes must be >= 1, got {num_classes}")
         return _score_imagenet(predictions, annotations, num_classes or IMAGENET_NUM_CLASSES)
     if task in RETRIEVAL_BENCHMARKS:
         return score_retrieval(predictions, annotations, RETRIEVAL_BENCHMARKS[task], split or "test")
