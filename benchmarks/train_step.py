@@ -1,7 +1,9 @@
 """Time one MDM training step (forward, loss, backward, AdamW) of our BEiT-3 against torchscale's BEiT3.
 
 Both models get the same MDM heads, loss and optimizer on the same generated batches, in the same process,
-so the ratio between them is robust to machine noise. Prints samples/s and achieved TFLOP/s per stream kind.
+timed in alternating rounds. Prints samples/s (median round) and achieved TFLOP/s per stream kind, the min /
+median / max seconds per step over the rounds, the machine load while measuring, and the speed ratio only when
+the spread over rounds is narrower than the effect (`benchmarks.timing.speed_ratio`).
 
     python benchmarks/train_step.py --model beit3_base_patch16_224 --batch 64 --dtype bf16 --device cuda
     python benchmarks/train_step.py --model beit3_tiny --batch 16            # CPU, fp32
@@ -10,7 +12,6 @@ so the ratio between them is robust to machine noise. Prints samples/s and achie
 import argparse
 import contextlib
 import json
-import statistics
 import sys
 import time
 from pathlib import Path
@@ -26,6 +27,7 @@ from beit3_core.mdm import BEiT3ForMDM, MDMBatch  # noqa: E402
 from beit3_core.optim import build_adamw  # noqa: E402
 from beit3_core.synthetic import SyntheticMDMData  # noqa: E402
 from beit3_core.train.metrics import step_flops  # noqa: E402
+from benchmarks.timing import LoadMeter, speed_ratio, spread, time_rounds  # noqa: E402
 
 KIND_SIZES = {"image": (1, 0, 0), "text": (0, 1, 0), "pair": (0, 0, 1)}
 
@@ -61,23 +63,6 @@ def make_step(model: nn.Module, batch: MDMBatch, dtype: str, device: torch.devic
     return step
 
 
-def time_interleaved(steps: dict, num_steps: int, warmup: int, rounds: int, device: torch.device) -> dict:
-    """Median seconds per step of each closure, timed in alternating rounds so that machine noise hits all."""
-    for step in steps.values():
-        for _ in range(warmup):
-            step()
-    samples = {name: [] for name in steps}
-    for _ in range(rounds):
-        for name, step in steps.items():
-            _sync(device)
-            start = time.perf_counter()
-            for _ in range(num_steps):
-                step()
-            _sync(device)
-            samples[name].append((time.perf_counter() - start) / num_steps)
-    return {name: statistics.median(times) for name, times in samples.items()}
-
-
 def _sync(device: torch.device) -> None:
     if device.type == "cuda":
         torch.cuda.synchronize()
@@ -97,6 +82,26 @@ def measure_bf16_peak(device: torch.device, size: int = 8192, iters: int = 20) -
     return 2 * size**3 * iters / (time.perf_counter() - start) / 1e12
 
 
+def _summary(kind: str, row: dict) -> str:
+    """One line per kind: rates, per-round spread, load, and the ratio or the refusal to give one."""
+    parts = []
+    for name in ("ours", "torchscale"):
+        if name in row:
+            r, t = row[name], row[name]["seconds_per_step"]
+            parts.append(
+                f"{name} {r['samples_per_s']:.2f} samples/s {r['tflops']:.3f} TFLOP/s "
+                f"(s/step min {t['min']:.3f} median {t['median']:.3f} max {t['max']:.3f})"
+            )
+    load = row["load"]
+    parts.append(
+        f"load {load['load_1min_before']:.1f}->{load['load_1min_after']:.1f} on {load['num_cpus']} cpus, "
+        f"cpu {load['cpu_percent']:.0f}%"
+    )
+    if "speedup" in row:
+        parts.append(f"ours/torchscale {row['speedup']['text']}")
+    return f"{kind:>5}: " + "; ".join(parts)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--model", default="beit3_base_patch16_224", choices=beit3_core.list_models())
@@ -106,7 +111,7 @@ def main() -> None:
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--kinds", nargs="+", default=list(KIND_SIZES), choices=list(KIND_SIZES))
     parser.add_argument("--steps", type=int, default=5, help="steps per timed round")
-    parser.add_argument("--rounds", type=int, default=3, help="alternating timed rounds; the median counts")
+    parser.add_argument("--rounds", type=int, default=3, help="alternating timed rounds (min / median / max)")
     parser.add_argument("--warmup", type=int, default=3)
     parser.add_argument("--compile", action="store_true", help="torch.compile our model")
     parser.add_argument("--grad-checkpointing", action="store_true")
@@ -147,21 +152,19 @@ def main() -> None:
         flops = step_flops(config, batch)
         models = {"ours": runner} | ({"torchscale": reference} if reference is not None else {})
         steps = {name: make_step(model, batch, args.dtype, device) for name, model in models.items()}
-        timings = time_interleaved(steps, args.steps, args.warmup, args.rounds, device)
-        row = {}
-        for name, seconds in timings.items():
+        with LoadMeter() as load:
+            samples = time_rounds(steps, args.steps, args.warmup, args.rounds, lambda: _sync(device))
+        row = {"load": load.report()}
+        for name, times in samples.items():
+            seconds = spread(times)["median"]
             row[name] = {"samples_per_s": args.batch / seconds, "tflops": flops / seconds / 1e12}
+            row[name]["seconds_per_step"] = spread(times) | {"rounds": times}
             if "bf16_peak_tflops" in results:
                 row[name]["fraction_of_peak"] = row[name]["tflops"] / results["bf16_peak_tflops"]
-        if "torchscale" in row:
-            row["speedup"] = row["ours"]["samples_per_s"] / row["torchscale"]["samples_per_s"]
+        if "torchscale" in samples:
+            row["speedup"] = speed_ratio(samples["ours"], samples["torchscale"])
         results["kinds"][kind] = row
-        line = ", ".join(
-            f"{name} {r['samples_per_s']:.1f} samples/s {r['tflops']:.3f} TFLOP/s"
-            for name, r in row.items()
-            if isinstance(r, dict)
-        )
-        print(f"{kind:>5}: {line}" + (f", speedup {row['speedup']:.2f}x" if "speedup" in row else ""), flush=True)
+        print(_summary(kind, row), flush=True)
 
     print(json.dumps(results, indent=2))
     if args.json:

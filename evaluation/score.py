@@ -1,119 +1,125 @@
 """Scores prediction files in the official benchmark formats against the official annotation files.
 
-Entry point: `score_files(task, predictions, annotations, questions=None) -> dict`. Metric definitions live in
-`evaluation.metrics`; this module only reads, validates and maps files. Every malformed or mismatching file
-raises `ScoreFileError` (a ValueError) whose message starts with the offending file's path.
-
-Tasks and formats:
-
-- `vqav2`: predictions = the EvalAI submission JSON, a list of {"question_id": int, "answer": str};
-  annotations = `v2_mscoco_{train,val}2014_annotations.json` ({"annotations": [{"question_id", "image_id",
-  "question_type", "answer_type", "answers": [{"answer", ...}, x10], ...}], ...}); questions (optional) =
-  `v2_OpenEnded_mscoco_*_questions.json` ({"questions": [{"image_id", "question", "question_id"}], ...}).
-  Without questions every annotated question is evaluated; with them, exactly the listed questions are
-  (e.g. a held-out subset of val), and each must be annotated with the same image id. Returns `overall`,
-  `per_answer_type`, `per_question_type` (percent, 2 decimals, official VQA accuracy) and `num_questions`.
-- `coco_captioning` / `nocaps`: predictions = list of {"image_id", "caption"}, one per annotated image;
-  annotations = COCO caption format {"images": [{"id", ...}], "annotations": [{"image_id", "caption", ...}]}
-  (Karpathy-split GT files such as `coco_karpathy_test_gt.json`, or `nocaps_val_4500_captions.json`, whose
-  images also carry "domain"). Returns `BLEU_1`..`BLEU_4`, `METEOR`, `ROUGE_L`, `CIDEr` (pycocoevalcap scale),
-  `num_images` and `note` (SPICE is not computed); `nocaps` adds `domains` with per-domain CIDEr.
-- `nlvr2`: predictions = the official CSV "identifier,prediction" (`.csv`, no header, True/False), or JSON /
-  JSON Lines of {"identifier", "label"} with label true/false (bool, 0/1 or string); annotations = the
-  official JSON Lines file (`dev.json`, `test1.json`) with "identifier" and "label" ("True"/"False").
-  Returns `accuracy` and `consistency` (percent), `num_examples`, `num_sentences`.
-- `imagenet`: predictions = JSON object {image id or file name: class index, or class indices best first};
-  annotations = JSON object {file name: class index}, or a text file of "file_name class_index" lines (the
-  `val.txt` layout, 0-based indices in sorted-wnid order). Keys are matched on the file stem, so
-  "val/n01440764/ILSVRC2012_val_00000293.JPEG", "ILSVRC2012_val_00000293.JPEG" and "ILSVRC2012_val_00000293"
-  are the same image. Returns `accuracy` (top-1), `top5_accuracy` when every prediction ranks >= 5 classes,
-  and `num_images`.
+Entry point: `score_files(task, predictions, annotations, questions=None, **options) -> dict`. Metric definitions
+live in `evaluation.metrics`; this module only reads, validates and maps files (retrieval score matrices:
+`evaluation.score_retrieval`). Every malformed or mismatching file raises `ScoreFileError` (a ValueError)
+whose message starts with the offending file's path. The format of every task is described, in the words
+`beit3 score --help` prints, in `evaluation.score_formats.FORMATS`.
 """
 
-import csv
-import json
+import logging
 from collections.abc import Callable
 from pathlib import Path, PurePosixPath
-from typing import Any, TextIO
+from typing import Any
 
 from evaluation.metrics.captioning import caption_scores, nocaps_scores
 from evaluation.metrics.classification import nlvr2_scores, ranked_accuracy
-from evaluation.metrics.ids import check_same_ids, sample_ids
-from evaluation.metrics.vqa import vqa_accuracy
+from evaluation.metrics.ids import sample_ids
+from evaluation.metrics.vqa import DEFAULT_VQA_EVAL_REVISION, check_revision, vqa_accuracy
+from evaluation.score_formats import TASK_OPTIONS, TASKS
+from evaluation.score_io import (
+    ScoreFileError,
+    check_ids,
+    open_text,
+    parse_json,
+    read_json,
+    read_json_records,
+    records_under,
+    require_fields,
+    unique_by,
+)
+from evaluation.score_retrieval import RETRIEVAL_BENCHMARKS, score_retrieval
 
-TASKS = ("vqav2", "coco_captioning", "nocaps", "nlvr2", "imagenet")
+logger = logging.getLogger(__name__)
+
+IMAGENET_NUM_CLASSES = 1000
 
 
-class ScoreFileError(ValueError):
-    """A prediction or annotation file is unreadable, malformed, or does not match the other files."""
-
-    def __init__(self, path: Path, problem: str) -> None:
-        super().__init__(f"{path}: {problem}")
-        self.path = path
-
-
-def score_files(task: str, predictions: Path, annotations: Path, questions: Path | None = None) -> dict[str, Any]:
+def score_files(
+    task: str,
+    predictions: Path,
+    annotations: Path,
+    questions: Path | None = None,
+    *,
+    vqa_eval_revision: str | None = None,
+    num_classes: int | None = None,
+    split: str | None = None,
+) -> dict[str, Any]:
     """Scores a prediction file of `task` against the official annotation file(s).
 
     Args:
         task: One of `TASKS`.
-        predictions: Prediction file in the task's submission format (module docstring).
+        predictions: Prediction file in the task's format (`evaluation.score_formats.FORMATS`).
         annotations: Official ground-truth file of the evaluated split.
         questions: VQAv2 question file; optional, and only accepted for `vqav2`.
+        vqa_eval_revision: `vqav2` only: "2021" (default, the current official script) or "2017".
+        num_classes: `imagenet` only: class indices must lie in 0..num_classes-1 (default 1000).
+        split: Retrieval only: the Karpathy split the score matrix covers (default "test").
 
     Returns:
         The task's metrics as a JSON-serialisable dict.
 
     Raises:
-        ValueError: For an unknown task, or `questions` given for another task.
+        ValueError: For an unknown task or revision, or an option given for a task that does not read it.
         ScoreFileError: For a file that cannot be read, is malformed, or does not match the others.
     """
     if task not in TASKS:
         raise ValueError(f"unknown task {task!r}; expected one of {', '.join(TASKS)}")
-    if questions is not None and task != "vqav2":
-        raise ValueError(f"a questions file is only used by vqav2, not {task}")
+    options = {"questions": questions, "vqa_eval_revision": vqa_eval_revision, "num_classes": num_classes}
+    for option, value in (options | {"split": split}).items():
+        if value is not None and task not in TASK_OPTIONS[option]:
+            raise ValueError(f"{option} is only used by {', '.join(TASK_OPTIONS[option])}, not {task}")
+    predictions, annotations = Path(predictions), Path(annotations)
     if task == "vqav2":
-        return _score_vqav2(Path(predictions), Path(annotations), None if questions is None else Path(questions))
-    return _SCORERS[task](Path(predictions), Path(annotations))
+        revision = vqa_eval_revision or DEFAULT_VQA_EVAL_REVISION
+        check_revision(revision)
+        return _score_vqav2(predictions, annotations, None if questions is None else Path(questions), revision)
+    if task == "imagenet":
+        if num_classes is not None and num_classes < 1:
+            raise ValueError(f"num_classes must be >= 1, got {num_classes}")
+        return _score_imagenet(predictions, annotations, num_classes or IMAGENET_NUM_CLASSES)
+    if task in RETRIEVAL_BENCHMARKS:
+        return score_retrieval(predictions, annotations, RETRIEVAL_BENCHMARKS[task], split or "test")
+    return _SCORERS[task](predictions, annotations)
 
 
 # ---------------------------------------------------------------------------------------------------- VQAv2
 
 
-def _score_vqav2(predictions: Path, annotations: Path, questions: Path | None) -> dict[str, Any]:
+def _score_vqav2(predictions: Path, annotations: Path, questions: Path | None, revision: str) -> dict[str, Any]:
     by_qid = _read_vqa_annotations(annotations)
     if questions is not None:
         by_qid = _select_questions(questions, by_qid, annotations)
-    answers = _read_json(predictions)
+    answers = read_json(predictions)
     if not isinstance(answers, list):
         raise ScoreFileError(predictions, "expected a JSON list of {'question_id', 'answer'} objects")
     for i, entry in enumerate(answers):
-        _require(predictions, entry, ("question_id", "answer"), i)
+        require_fields(predictions, entry, ("question_id", "answer"), i)
         if not isinstance(entry["answer"], str):
             raise ScoreFileError(predictions, f"entry {i}: 'answer' must be a string")
-    predicted = {qid: entry["answer"] for qid, entry in _unique(predictions, answers, "question_id").items()}
-    _check_ids(predictions, by_qid, predicted, "question ids")
-    return vqa_accuracy(predicted, by_qid.values())
+    predicted = {qid: entry["answer"] for qid, entry in unique_by(predictions, answers, "question_id").items()}
+    check_ids(predictions, by_qid, predicted, "question ids")
+    return vqa_accuracy(predicted, by_qid.values(), revision=revision)
 
 
 def _read_vqa_annotations(path: Path) -> dict[Any, dict[str, Any]]:
-    annotations = _records(path, _read_json(path), key="annotations")
+    annotations = records_under(path, read_json(path), key="annotations")
     for i, ann in enumerate(annotations):
-        _require(path, ann, ("question_id", "image_id", "question_type", "answer_type", "answers"), i)
+        require_fields(path, ann, ("question_id", "image_id", "question_type", "answer_type", "answers"), i)
         human = ann["answers"]
         well_formed = isinstance(human, list) and all(
             isinstance(a, dict) and isinstance(a.get("answer"), str) for a in human
         )
         if not (well_formed and human):
             raise ScoreFileError(path, f"annotation {i}: 'answers' must be a non-empty list of {{'answer': str}}")
-    return _unique(path, annotations, "question_id")
+    return unique_by(path, annotations, "question_id")
 
 
 def _select_questions(path: Path, by_qid: dict[Any, dict[str, Any]], annotations: Path) -> dict[Any, dict[str, Any]]:
     """Restricts the annotations to the questions of the question file, checking that both files agree."""
-    listed = _records(path, _read_json(path), key="questions")
+    listed = records_under(path, read_json(path), key="questions")
     for i, question in enumerate(listed):
-        _require(path, question, ("question_id", "image_id"), i)
+        require_fields(path, question, ("question_id", "image_id"), i)
     unannotated = [q["question_id"] for q in listed if q["question_id"] not in by_qid]
     if unannotated:
         raise ScoreFileError(
@@ -122,7 +128,7 @@ def _select_questions(path: Path, by_qid: dict[Any, dict[str, Any]], annotations
     moved = [q["question_id"] for q in listed if q["image_id"] != by_qid[q["question_id"]]["image_id"]]
     if moved:
         raise ScoreFileError(path, f"image ids disagree with {annotations} for questions {sample_ids(moved)}")
-    return {qid: by_qid[qid] for qid in _unique(path, listed, "question_id")}
+    return {qid: by_qid[qid] for qid in unique_by(path, listed, "question_id")}
 
 
 # ---------------------------------------------------------------------------------------------- captioning
@@ -131,14 +137,14 @@ def _select_questions(path: Path, by_qid: dict[Any, dict[str, Any]], annotations
 def _score_coco_captioning(predictions: Path, annotations: Path) -> dict[str, Any]:
     references, _ = _read_caption_annotations(annotations, with_domain=False)
     predicted = _read_caption_predictions(predictions)
-    _check_ids(predictions, references, predicted, "image ids")
+    check_ids(predictions, references, predicted, "image ids")
     return caption_scores(references, predicted)
 
 
 def _score_nocaps(predictions: Path, annotations: Path) -> dict[str, Any]:
     references, domains = _read_caption_annotations(annotations, with_domain=True)
     predicted = _read_caption_predictions(predictions)
-    _check_ids(predictions, references, predicted, "image ids")
+    check_ids(predictions, references, predicted, "image ids")
     try:
         return nocaps_scores(references, predicted, domains)
     except ValueError as error:  # only domain problems remain at this point
@@ -146,15 +152,15 @@ def _score_nocaps(predictions: Path, annotations: Path) -> dict[str, Any]:
 
 
 def _read_caption_annotations(path: Path, *, with_domain: bool) -> tuple[dict[Any, list[str]], dict[Any, str]]:
-    data = _read_json(path)
-    images = _records(path, data, key="images")
-    anns = _records(path, data, key="annotations")
+    data = read_json(path)
+    images = records_under(path, data, key="images")
+    anns = records_under(path, data, key="annotations")
     for i, image in enumerate(images):
-        _require(path, image, ("id", "domain") if with_domain else ("id",), i, what="image")
-    references: dict[Any, list[str]] = {image_id: [] for image_id in _unique(path, images, "id")}
+        require_fields(path, image, ("id", "domain") if with_domain else ("id",), i, what="image")
+    references: dict[Any, list[str]] = {image_id: [] for image_id in unique_by(path, images, "id")}
     domains = {image["id"]: image["domain"] for image in images} if with_domain else {}
     for i, ann in enumerate(anns):
-        _require(path, ann, ("image_id", "caption"), i)
+        require_fields(path, ann, ("image_id", "caption"), i)
         if ann["image_id"] not in references:
             raise ScoreFileError(path, f"annotation {i} refers to unknown image id {ann['image_id']!r}")
         if not isinstance(ann["caption"], str):
@@ -167,94 +173,134 @@ def _read_caption_annotations(path: Path, *, with_domain: bool) -> tuple[dict[An
 
 
 def _read_caption_predictions(path: Path) -> dict[Any, str]:
-    entries = _read_json(path)
+    entries = read_json(path)
     if not isinstance(entries, list):
         raise ScoreFileError(path, "expected a JSON list of {'image_id', 'caption'} objects")
     for i, entry in enumerate(entries):
-        _require(path, entry, ("image_id", "caption"), i)
+        require_fields(path, entry, ("image_id", "caption"), i)
         if not isinstance(entry["caption"], str):
             raise ScoreFileError(path, f"entry {i}: 'caption' must be a string")
     # Duplicates are an error rather than silently de-duplicated: pycocoevalcap needs exactly one per image.
-    return {image_id: entry["caption"] for image_id, entry in _unique(path, entries, "image_id").items()}
+    return {image_id: entry["caption"] for image_id, entry in unique_by(path, entries, "image_id").items()}
 
 
 # --------------------------------------------------------------------------------------------------- NLVR2
 
 
 def _score_nlvr2(predictions: Path, annotations: Path) -> dict[str, Any]:
-    labels = _read_nlvr2_labels(annotations, _read_json_records(annotations))
-    if predictions.suffix.lower() == ".csv":
-        rows = _read_csv_rows(predictions)
-    else:
-        rows = _read_json_records(predictions)
-    predicted = _read_nlvr2_labels(predictions, rows)
-    _check_ids(predictions, labels, predicted, "identifiers")
+    labels = _read_nlvr2_labels(annotations, read_json_records(annotations))
+    rows = _read_csv_rows(predictions) if predictions.suffix.lower() == ".csv" else read_json_records(predictions)
+    for i, row in enumerate(rows):
+        require_fields(predictions, row, ("identifier", "label"), i)
+    by_id = unique_by(predictions, rows, "identifier")
+    predicted = {identifier: _predicted_truth(row["label"]) for identifier, row in by_id.items()}
+    check_ids(predictions, labels, predicted, "identifiers")
+    unrecognised = sorted(identifier for identifier, value in predicted.items() if value is None)
+    if unrecognised:
+        # Counted wrong, as the official script counts them; said loudly, since it is almost surely a format slip.
+        examples = ", ".join(f"{i}={by_id[i]['label']!r}" for i in unrecognised[:5])
+        logger.warning(
+            "%s: %d predictions are not True/False and count as wrong (e.g. %s)",
+            predictions,
+            len(unrecognised),
+            examples,
+        )
     try:
-        return nlvr2_scores(predicted, labels)
+        scores = nlvr2_scores(predicted, labels)
     except ValueError as error:  # a malformed identifier
         raise ScoreFileError(annotations, str(error)) from error
+    return scores | {"num_unrecognised_labels": len(unrecognised)}
 
 
 def _read_csv_rows(path: Path) -> list[dict[str, Any]]:
+    """The official CSV reading: each line stripped, then split on commas; fields are not stripped or unquoted."""
     rows = []
-    with _open(path) as file:
-        for line_no, row in enumerate(csv.reader(file), start=1):
-            if not row or (line_no == 1 and row[0].strip().lower() == "identifier"):  # blank line or a header
+    with open_text(path) as file:
+        for line_no, line in enumerate(file, start=1):
+            fields = line.strip().split(",")
+            if fields == [""] or (line_no == 1 and fields[0].lower() == "identifier"):  # blank line or a header
                 continue
-            if len(row) != 2:
-                raise ScoreFileError(path, f"line {line_no}: expected 'identifier,prediction', got {row!r}")
-            rows.append({"identifier": row[0].strip(), "label": row[1].strip()})
+            if len(fields) != 2:
+                raise ScoreFileError(path, f"line {line_no}: expected 'identifier,prediction', got {line.strip()!r}")
+            rows.append({"identifier": fields[0], "label": fields[1]})
     return rows
 
 
-def _read_nlvr2_labels(path: Path, rows: list[Any]) -> dict[str, bool]:
-    for i, row in enumerate(rows):
-        _require(path, row, ("identifier", "label"), i)
-    by_id = _unique(path, rows, "identifier")
-    return {identifier: _truth_value(path, row["label"], identifier) for identifier, row in by_id.items()}
+def _predicted_truth(value: Any) -> bool | None:
+    """A prediction as the official metric reads it: a JSON bool, or a string equal to true/false up to case.
 
-
-def _truth_value(path: Path, value: Any, identifier: str) -> bool:
+    Anything else (" True", "1", 0, "yes") is None: never equal to a label, so it counts as wrong, like the
+    official `prediction.lower() == label.lower()` comparison.
+    """
     if isinstance(value, bool):
         return value
-    if isinstance(value, int) and value in (0, 1):
-        return bool(value)
-    if isinstance(value, str) and value.strip().lower() in ("true", "false", "1", "0"):
-        return value.strip().lower() in ("true", "1")
-    raise ScoreFileError(path, f"{identifier}: label {value!r} is not True/False")
+    if isinstance(value, str) and value.lower() in ("true", "false"):
+        return value.lower() == "true"
+    return None
+
+
+def _read_nlvr2_labels(path: Path, rows: list[Any]) -> dict[str, bool]:
+    """Ground-truth labels ("True"/"False", any case, or JSON bools); anything else is an error in the file."""
+    for i, row in enumerate(rows):
+        require_fields(path, row, ("identifier", "label"), i)
+    labels = {}
+    for identifier, row in unique_by(path, rows, "identifier").items():
+        labels[identifier] = _predicted_truth(row["label"])
+        if labels[identifier] is None:
+            raise ScoreFileError(path, f"{identifier}: label {row['label']!r} is not True/False")
+    return labels
 
 
 # ------------------------------------------------------------------------------------------------ ImageNet
 
 
-def _score_imagenet(predictions: Path, annotations: Path) -> dict[str, Any]:
-    raw = _read_json(predictions)
+def _score_imagenet(predictions: Path, annotations: Path, num_classes: int) -> dict[str, Any]:
+    raw = read_json(predictions)
     if not isinstance(raw, dict):
         raise ScoreFileError(predictions, "expected a JSON object {image: class index or ranked class indices}")
-    ranked: dict[str, list[int]] = {}
-    for key, value in raw.items():
-        classes = [value] if not isinstance(value, list) else value
-        if not classes or not all(_is_int(c) for c in classes):
-            raise ScoreFileError(predictions, f"{key}: expected a class index or a list of them, got {value!r}")
-        ranked[key] = classes
-    ranked = _by_stem(predictions, ranked)
-    labels = _by_stem(annotations, _read_imagenet_labels(annotations))
+    ranked = _by_stem(predictions, {key: _ranking(predictions, key, value, num_classes) for key, value in raw.items()})
+    raw_labels = _read_imagenet_labels(annotations)
+    outside = [key for key, label in raw_labels.items() if not 0 <= label < num_classes]
+    if outside:
+        key = outside[0]
+        raise ScoreFileError(annotations, f"{key}: class {raw_labels[key]} is outside 0..{num_classes - 1}")
+    labels = _by_stem(annotations, raw_labels)
     if not labels:
         raise ScoreFileError(annotations, "no labels")
-    _check_ids(predictions, labels, ranked, "images")
-    with_top5 = all(len(classes) >= 5 for classes in ranked.values())
+    check_ids(predictions, labels, ranked, "images")
+    # One class per image scores top-1 only; rankings score top-5 too, so then every ranking must hold 5 classes.
+    # Fewer than 5 classes in all: top-5 is undefined (as in the fine-tuning evaluation).
+    with_top5 = num_classes >= 5 and any(len(classes) > 1 for classes in ranked.values())
+    short = sorted(key for key, classes in ranked.items() if len(classes) < 5)
+    if with_top5 and short:
+        raise ScoreFileError(
+            predictions,
+            f"{len(short)} images rank fewer than 5 classes while others rank more (e.g. {short[0]!r}: "
+            f"{ranked[short[0]]}); give every image 5 or more classes, or one class each for top-1 only",
+        )
     accuracy = ranked_accuracy(ranked, labels, ks=(1, 5) if with_top5 else (1,))
-    result = {"accuracy": accuracy["acc1"], "num_images": len(labels)}
-    if with_top5:
-        result["top5_accuracy"] = accuracy["acc5"]
-    return result
+    return {"accuracy": accuracy["acc1"], "top5_accuracy": accuracy.get("acc5"), "num_images": len(labels)}
+
+
+def _ranking(path: Path, key: str, value: Any, num_classes: int) -> list[int]:
+    """One prediction record as a list of distinct class indices in 0..num_classes-1, best first."""
+    classes = value if isinstance(value, list) else [value]
+    if not classes or not all(_is_int(c) for c in classes):
+        raise ScoreFileError(path, f"{key}: expected a class index or a list of them, got {value!r}")
+    outside = [c for c in classes if not 0 <= c < num_classes]
+    if outside:
+        raise ScoreFileError(path, f"{key}: class {outside[0]} is outside 0..{num_classes - 1}")
+    if len(set(classes)) != len(classes):
+        repeated = next(c for c in classes if classes.count(c) > 1)
+        raise ScoreFileError(path, f"{key}: class {repeated} appears more than once in the ranking {classes}")
+    return classes
 
 
 def _read_imagenet_labels(path: Path) -> dict[str, int]:
-    with _open(path) as file:
+    with open_text(path) as file:
         text = file.read()
     if text.lstrip().startswith("{"):
-        labels = _parse_json(path, text)
+        labels = parse_json(path, text)
         bad = [key for key, value in labels.items() if not _is_int(value)]
         if bad:
             raise ScoreFileError(path, f"labels must be class indices (e.g. {bad[0]!r}: {labels[bad[0]]!r})")
@@ -292,81 +338,8 @@ def _is_int(value: Any) -> bool:
     return isinstance(value, int) and not isinstance(value, bool)
 
 
-# ------------------------------------------------------------------------------------------ shared readers
-
-
-def _open(path: Path) -> TextIO:
-    try:
-        return path.open(encoding="utf-8")
-    except OSError as error:
-        raise ScoreFileError(path, f"cannot read file ({error.strerror or error})") from error
-
-
-def _read_json(path: Path) -> Any:
-    with _open(path) as file:
-        return _parse_json(path, file.read())
-
-
-def _parse_json(path: Path, text: str) -> Any:
-    try:
-        return json.loads(text)
-    except json.JSONDecodeError as error:
-        raise ScoreFileError(path, f"bad JSON ({error})") from error
-
-
-def _read_json_records(path: Path) -> list[Any]:
-    """Reads a JSON list or JSON Lines (NLVR2 ships JSON Lines under a .json name)."""
-    with _open(path) as file:
-        text = file.read()
-    if text.lstrip().startswith("["):
-        return _parse_json(path, text)
-    records = []
-    for line_no, line in enumerate(text.splitlines(), start=1):
-        if line.strip():
-            try:
-                records.append(json.loads(line))
-            except json.JSONDecodeError as error:
-                raise ScoreFileError(path, f"bad JSON on line {line_no} ({error})") from error
-    return records
-
-
-def _records(path: Path, data: Any, *, key: str) -> list[Any]:
-    if not isinstance(data, dict) or not isinstance(data.get(key), list):
-        raise ScoreFileError(path, f"expected a JSON object with a list under {key!r}")
-    if not data[key]:
-        raise ScoreFileError(path, f"the {key!r} list is empty")
-    return data[key]
-
-
-def _require(path: Path, entry: Any, fields: tuple[str, ...], index: int, what: str = "entry") -> None:
-    if not isinstance(entry, dict):
-        raise ScoreFileError(path, f"{what} {index} is not a JSON object")
-    missing = [field for field in fields if field not in entry]
-    if missing:
-        raise ScoreFileError(path, f"{what} {index} lacks {', '.join(repr(f) for f in missing)}")
-
-
-def _unique(path: Path, entries: list[dict[str, Any]], field: str) -> dict[Any, dict[str, Any]]:
-    by_id: dict[Any, dict[str, Any]] = {}
-    for entry in entries:
-        if not isinstance(entry[field], int | str) or isinstance(entry[field], bool):
-            raise ScoreFileError(path, f"{field} {entry[field]!r} is not an integer or a string")
-        if entry[field] in by_id:
-            raise ScoreFileError(path, f"duplicate {field} {entry[field]!r}")
-        by_id[entry[field]] = entry
-    return by_id
-
-
-def _check_ids(path: Path, expected: Any, given: Any, what: str) -> None:
-    try:
-        check_same_ids(expected, given, what=what)
-    except ValueError as error:
-        raise ScoreFileError(path, str(error)) from error
-
-
 _SCORERS: dict[str, Callable[[Path, Path], dict[str, Any]]] = {
     "coco_captioning": _score_coco_captioning,
     "nocaps": _score_nocaps,
     "nlvr2": _score_nlvr2,
-    "imagenet": _score_imagenet,
-}  # vqav2 takes a third file and is dispatched on its own
+}  # the tasks with options (vqav2, imagenet, retrieval) are dispatched on their own

@@ -73,11 +73,11 @@ def ranked_accuracy(
     }
 
 
-def nlvr2_scores(predictions: Mapping[str, bool], labels: Mapping[str, bool]) -> dict[str, float | int]:
+def nlvr2_scores(predictions: Mapping[str, bool | None], labels: Mapping[str, bool]) -> dict[str, float | int]:
     """NLVR2 accuracy and consistency.
 
     Args:
-        predictions: Identifier -> predicted truth value.
+        predictions: Identifier -> predicted truth value; None (a prediction that is not a label) is never right.
         labels: Identifier -> true truth value; ids must equal those of `predictions`.
 
     Returns:

@@ -8,10 +8,15 @@ Each image has several captions:
 - IR@k: fraction of captions whose image is among the k highest-scoring images.
 
 Values are in percent; `average_score` (mean of the six recalls) is the model-selection key. k is clamped to the
-number of candidates (the reference calls top-10 unconditionally and fails on tiny sets). Ties are broken by
-`torch.topk`, whose order among equal scores is implementation-defined: avoid ties in fixtures.
+number of candidates (the reference calls top-10 unconditionally and fails on tiny sets).
 
-The matrix is scanned in row and column chunks, so only chunk x k index tensors are materialised besides the
+Ties are broken against the correct item, so results do not depend on the order of rows and columns: a wrong
+candidate scoring exactly as high as the correct one ranks before it. A query hits at k when fewer than k wrong
+candidates score at least as high as its best correct candidate (for TR, its best-scoring own caption). Without
+ties this is the reference's `topk` result; with ties the reference's order is implementation-defined, and this
+rule gives the lowest recall any tie order could give.
+
+The matrix is scanned in row and column chunks, so only chunk-sized masks are materialised besides the
 caller's matrix (a 5,000 x 25,000 float32 matrix is 500 MB; a full argsort of it would be another 1 GB).
 """
 
@@ -39,7 +44,8 @@ def retrieval_recall(
         `tr_r{k}` and `ir_r{k}` for every k, in percent, and `average_score`, their mean.
 
     Raises:
-        ValueError: If shapes disagree, ids are out of range, an image has no caption, or k < 1.
+        ValueError: If shapes disagree, a score is NaN or infinite, ids are out of range, an image has no caption,
+            or k < 1.
     """
     if similarity.ndim != 2:
         raise ValueError(f"similarity must be [num_images, num_texts], got shape {tuple(similarity.shape)}")
@@ -49,6 +55,9 @@ def retrieval_recall(
         raise ValueError(f"text_to_image must have shape ({num_texts},), got {tuple(text_to_image.shape)}")
     if num_texts == 0 or num_images == 0:
         raise ValueError("similarity is empty")
+    if not torch.isfinite(similarity).all():
+        row, col = (~torch.isfinite(similarity)).nonzero()[0].tolist()
+        raise ValueError(f"similarity[{row}, {col}] is {similarity[row, col].item()}; every score must be finite")
     if text_to_image.min() < 0 or text_to_image.max() >= num_images:
         raise ValueError(f"text_to_image holds ids outside [0, {num_images})")
     num_captions_I = torch.bincount(text_to_image, minlength=num_images)
@@ -69,32 +78,31 @@ def retrieval_recall(
 def _text_retrieval_hits(
     similarity_IT: torch.Tensor, text_to_image_T: torch.Tensor, ks: tuple[int, ...], chunk_size: int
 ) -> torch.Tensor:
-    """Number of images with one of their captions among their top-k texts, for each k (clamped by topk)."""
-    num_images, num_texts = similarity_IT.shape
-    max_k = min(max(ks), num_texts)
+    """Number of images with one of their captions among their top-k texts, for each k (ties count against)."""
+    num_images = similarity_IT.shape[0]
     hits_K = torch.zeros(len(ks), dtype=torch.long, device=similarity_IT.device)
     for start in range(0, num_images, chunk_size):
         scores_CT = similarity_IT[start : start + chunk_size]
-        top_CK = scores_CT.topk(max_k, dim=1).indices
         image_ids_C = torch.arange(start, start + scores_CT.shape[0], device=similarity_IT.device)
-        match_CK = text_to_image_T[top_CK] == image_ids_C[:, None]
-        # Several own captions may rank in the top k; any() counts the image once.
+        own_CT = text_to_image_T[None, :] == image_ids_C[:, None]
+        # Every image has a caption (checked), so the best own score is finite.
+        best_own_C = scores_CT.masked_fill(~own_CT, float("-inf")).amax(dim=1)
+        wrong_above_C = ((scores_CT >= best_own_C[:, None]) & ~own_CT).sum(dim=1)
         for i, k in enumerate(ks):
-            hits_K[i] += match_CK[:, :k].any(dim=1).sum()
+            hits_K[i] += (wrong_above_C < k).sum()
     return hits_K
 
 
 def _image_retrieval_hits(
     similarity_IT: torch.Tensor, text_to_image_T: torch.Tensor, ks: tuple[int, ...], chunk_size: int
 ) -> torch.Tensor:
-    """Number of captions whose image is among their top-k images, for each k (clamped by topk)."""
-    num_images, num_texts = similarity_IT.shape
-    max_k = min(max(ks), num_images)
+    """Number of captions whose image is among their top-k images, for each k (ties count against)."""
+    num_texts = similarity_IT.shape[1]
     hits_K = torch.zeros(len(ks), dtype=torch.long, device=similarity_IT.device)
     for start in range(0, num_texts, chunk_size):
         scores_CI = similarity_IT[:, start : start + chunk_size].T
-        top_CK = scores_CI.topk(max_k, dim=1).indices
-        match_CK = top_CK == text_to_image_T[start : start + chunk_size, None]
+        own_C1 = scores_CI.gather(1, text_to_image_T[start : start + chunk_size, None])
+        wrong_above_C = (scores_CI >= own_C1).sum(dim=1) - 1  # minus the own image itself
         for i, k in enumerate(ks):
-            hits_K[i] += match_CK[:, :k].any(dim=1).sum()
+            hits_K[i] += (wrong_above_C < k).sum()
     return hits_K

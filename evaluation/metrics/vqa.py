@@ -2,21 +2,35 @@
 
 Paper: Goyal et al., "Making the V in VQA Matter" (CVPR 2017); metric from Antol et al., "VQA: Visual Question
 Answering" (ICCV 2015). Checked against GT-Vision-Lab/VQA `PythonEvaluationTools/vqaEvaluation/vqaEval.py`
-(commit c4e6a0e, the reference for local val scoring; test-dev / test-std are scored on EvalAI), and against
-the soft-score function of microsoft/unilm `beit3/datasets.py` (`VQAv2Dataset.get_score`).
+(the reference for local val scoring; test-dev / test-std are scored on EvalAI), and against the soft-score
+function of microsoft/unilm `beit3/datasets.py` (`VQAv2Dataset.get_score`).
 
-Accuracy of one question: the prediction is cleaned (newline/tab to space, strip), passed through punctuation
-processing and then digit/article processing; for each of the (normally ten) human answers, that answer is left
-out and the prediction scores min(1, #matching remaining answers / 3); the question's accuracy is the mean over
-the leave-one-out subsets. Overall, per answer type and per question type accuracies are 100 x means, rounded
-to two decimals like the official script.
+Two revisions of the official script exist and can give numbers many points apart on the same file;
+`revision` picks one, and every result names the one it followed:
+
+- "2021" (default, the current script): commit a013f00 "Fixed processing answers bug" (2021-03-11). The
+  prediction and the human answers are cleaned (newline/tab to space, strip). When the cleaned human answers
+  are not all identical, both the human answers and the prediction get punctuation processing and then
+  digit/article processing; when they are unanimous, nothing is normalised and the raw (cleaned) strings are
+  compared. So "two" against ten "2" scores 0, "2" against 5 x "two" + 5 x "three" scores 1.
+- "2017": the script as released with VQA v2.0 (commit a4f1afd, 2017-10-02; its evaluation code last changed
+  in 458a8b2, 2016-10-08; the Python 3 port c4e6a0e has the same logic). The prediction is cleaned, then gets
+  punctuation and digit/article processing; the human answers are not cleaned and get punctuation processing
+  only, and only when they are not all identical. So "two" against ten "2" scores 1, and "yes" against
+  9 x "Yes" + "no" scores 0. Kept for comparing with papers scored by it.
+
+Accuracy of one question (both revisions): for each human answer, that answer is left out and the prediction
+scores min(1, #matching remaining answers / 3); the question's accuracy is the mean over the leave-one-out
+subsets. "Left out" follows the official code exactly: it removes every answer record *equal* to the held-out
+one (`item != gtAnsDatum` on the answer dicts, whose "answer" field holds the processed text). Official files
+give each answer a distinct `answer_id`, so this is removal of that one answer; without `answer_id`, all equal
+records go (3 x "yes" + 7 x "no" predicted "yes" scores 0.7, not 0.9). Plain strings passed to
+`question_accuracy` stand for records with distinct ids. Overall, per answer type and per question type
+accuracies are 100 x means, rounded to two decimals like the official script.
 
 Quirks of the official script reproduced on purpose (they change numbers, so "fixing" them would make results
 incomparable with the leaderboard):
 
-- Human answers get punctuation processing only, and only when they are not all identical; digit/article
-  processing is applied to the prediction alone. So "two" predicted against ten "two" answers scores 0, while
-  "two" against ten "2" answers scores 1.
 - The period regex is written `(?!<=\\d)(\\.)(?!\\d)`: the first group is a look-ahead typo for a look-behind,
   so it deletes every period not followed by a digit ("5." -> "5", but "3.5" and ".5" stay).
 - `re.UNICODE` is passed where `sub` expects `count`, so at most 32 periods are deleted per answer.
@@ -24,8 +38,6 @@ incomparable with the leaderboard):
   not at the text being rewritten.
 - The contraction table contains capitalised keys ("Im", "Ive", ...) that can never match lower-cased words,
   and one reversed entry ("somebody'd" -> "somebodyd"); both are kept.
-- Leave-one-out removes the answer dict equal to the current one; official answers carry distinct
-  `answer_id`s, so this is positional removal, which is what this module does.
 """
 
 import re
@@ -91,6 +103,13 @@ _CONTRACTIONS = {
     "youve": "you've",
 }  # fmt: skip
 
+# Revisions of GT-Vision-Lab/VQA `vqaEval.py` that `revision` can name (module docstring).
+VQA_EVAL_REVISIONS = {
+    "2021": "a013f00 'Fixed processing answers bug' (2021-03-11), the current official script",
+    "2017": "a4f1afd, v2.0 release (2017-10-02), evaluation code of 458a8b2",
+}
+DEFAULT_VQA_EVAL_REVISION = "2021"
+
 # Soft target per number of annotators giving an answer; equals the official accuracy with ten answers.
 _SOFT_SCORES = (0.0, 0.3, 0.6, 0.9)
 
@@ -119,35 +138,76 @@ def process_digit_article(text: str) -> str:
     return " ".join(_CONTRACTIONS.get(word, word) for word in words)
 
 
+def clean_answer(answer: str) -> str:
+    """Newlines and tabs to spaces, then strip: the cleaning the official script applies before anything else."""
+    return answer.replace("\n", " ").replace("\t", " ").strip()
+
+
 def normalize_prediction(answer: str) -> str:
-    """Normalises a predicted answer the way the official evaluation does before matching."""
-    cleaned = answer.replace("\n", " ").replace("\t", " ").strip()
-    return process_digit_article(process_punctuation(cleaned))
+    """Cleans, then applies punctuation and digit/article processing (what both revisions do when normalising)."""
+    return process_digit_article(process_punctuation(clean_answer(answer)))
 
 
-def question_accuracy(prediction: str, gt_answers: Sequence[str]) -> float:
+def check_revision(revision: str) -> None:
+    """Raises a ValueError naming the known revisions when `revision` is not one of them."""
+    if revision not in VQA_EVAL_REVISIONS:
+        raise ValueError(f"unknown vqaEval revision {revision!r}; expected one of {', '.join(VQA_EVAL_REVISIONS)}")
+
+
+def question_accuracy(
+    prediction: str, gt_answers: Sequence[str | Mapping[str, Any]], *, revision: str = DEFAULT_VQA_EVAL_REVISION
+) -> float:
     """Official accuracy of one prediction against the human answers of one question.
 
     Args:
-        prediction: Raw predicted answer; normalised here.
-        gt_answers: Raw human answers (ten in VQAv2), in annotation order.
+        prediction: Raw predicted answer; normalised here as the revision says.
+        gt_answers: The human answers (ten in VQAv2) in annotation order: answer records as in the annotation
+            file (dicts with an "answer" field, compared whole for the leave-one-out rule), or plain strings,
+            which stand for records with distinct `answer_id`s.
+        revision: "2021" (current official script) or "2017" (module docstring).
 
     Returns:
         Mean over leave-one-out subsets of min(1, matches / 3), in [0, 1].
     """
+    check_revision(revision)
     if not gt_answers:
         raise ValueError("question_accuracy needs at least one human answer")
-    pred = normalize_prediction(prediction)
-    # Unanimous answers are compared raw (official quirk, see module docstring).
-    answers = list(gt_answers) if len(set(gt_answers)) == 1 else [process_punctuation(a) for a in gt_answers]
+    raw = [a["answer"] if isinstance(a, Mapping) else a for a in gt_answers]
+    if revision == "2021":
+        pred, answers = clean_answer(prediction), [clean_answer(a) for a in raw]
+        if len(set(answers)) > 1:
+            pred = process_digit_article(process_punctuation(pred))
+            answers = [process_digit_article(process_punctuation(a)) for a in answers]
+    else:
+        pred, answers = normalize_prediction(prediction), list(raw)
+        if len(set(answers)) > 1:
+            answers = [process_punctuation(a) for a in answers]
     num_matching = sum(answer == pred for answer in answers)
-    # Leaving out answer i removes one match exactly when answer i itself matches.
-    total = sum(min(1.0, (num_matching - (answer == pred)) / 3.0) for answer in answers)
+    total = 0.0
+    for i, answer in enumerate(answers):
+        # Leaving out record i removes every record equal to it; they all match exactly when record i does.
+        left_out = _num_equal_records(gt_answers, answers, i) if answer == pred else 0
+        total += min(1.0, (num_matching - left_out) / 3.0)
     return total / len(answers)
 
 
+def _num_equal_records(records: Sequence[str | Mapping[str, Any]], answers: list[str], index: int) -> int:
+    """How many records equal record `index` once their answers are processed (the official dict comparison)."""
+    if not isinstance(records[index], Mapping):
+        return 1
+    processed = {**records[index], "answer": answers[index]}
+    return sum(
+        isinstance(record, Mapping) and {**record, "answer": answer} == processed
+        for record, answer in zip(records, answers, strict=True)
+    )
+
+
 def vqa_accuracy(
-    predictions: Mapping[int, str], annotations: Iterable[Mapping[str, Any]], *, decimals: int = 2
+    predictions: Mapping[int, str],
+    annotations: Iterable[Mapping[str, Any]],
+    *,
+    decimals: int = 2,
+    revision: str = DEFAULT_VQA_EVAL_REVISION,
 ) -> dict[str, Any]:
     """Official VQA accuracy over a set of questions.
 
@@ -156,13 +216,16 @@ def vqa_accuracy(
         annotations: Entries of the official annotation file's `annotations` list (`question_id`, `answers`
             with `answer` fields, `answer_type`, `question_type`).
         decimals: Rounding of the percentages; 2 matches the official script.
+        revision: Revision of the official script to follow, "2021" (current) or "2017".
 
     Returns:
-        `overall`, `per_answer_type` and `per_question_type` in percent, and `num_questions`.
+        `overall`, `per_answer_type` and `per_question_type` in percent, `num_questions`, and
+        `vqa_eval_revision` (the revision followed).
 
     Raises:
-        ValueError: If the question sets differ or there is nothing to evaluate.
+        ValueError: If the question sets differ, there is nothing to evaluate, or the revision is unknown.
     """
+    check_revision(revision)
     annotations = list(annotations)
     if not annotations:
         raise ValueError("no annotations to evaluate")
@@ -171,7 +234,7 @@ def vqa_accuracy(
     by_answer_type: dict[str, list[float]] = defaultdict(list)
     by_question_type: dict[str, list[float]] = defaultdict(list)
     for ann in annotations:
-        acc = question_accuracy(predictions[ann["question_id"]], [a["answer"] for a in ann["answers"]])
+        acc = question_accuracy(predictions[ann["question_id"]], ann["answers"], revision=revision)
         per_question.append(acc)
         by_answer_type[ann["answer_type"]].append(acc)
         by_question_type[ann["question_type"]].append(acc)
@@ -184,6 +247,7 @@ def vqa_accuracy(
         "per_answer_type": {key: percent(values) for key, values in sorted(by_answer_type.items())},
         "per_question_type": {key: percent(values) for key, values in sorted(by_question_type.items())},
         "num_questions": len(per_question),
+        "vqa_eval_revision": revision,
     }
 
 

@@ -144,7 +144,9 @@ class RetrievalTask(Task):
         ]
 
     def evaluate(self, records: Sequence[Record], dataset: Dataset | None = None) -> dict[str, Any]:
-        images = {r["image_index"]: r["image_feat"] for r in records}  # first feature per image id wins
+        images: dict[int, torch.Tensor] = {}
+        for r in records:  # the first feature seen per image wins (later ones come from its other captions)
+            images.setdefault(r["image_index"], r["image_feat"])
         texts = {r["text_index"]: r for r in records}  # padded samplers repeat captions
         image_ids = sorted(images)
         row_of = {image_id: row for row, image_id in enumerate(image_ids)}

@@ -80,8 +80,50 @@ def test_matches_brute_force_on_random_scores() -> None:
         (torch.zeros(2, 3), torch.tensor([0, 1]), "shape"),
         (torch.zeros(2, 3), torch.tensor([0, 1, 2]), "outside"),
         (torch.zeros(3, 3), torch.tensor([0, 1, 1]), "no caption"),
+        (torch.tensor([[0.0, float("nan")], [0.0, 1.0]]), torch.tensor([0, 1]), r"similarity\[0, 1\] is nan"),
+        (torch.tensor([[0.0, 1.0], [float("-inf"), 1.0]]), torch.tensor([0, 1]), r"similarity\[1, 0\] is -inf"),
     ],
 )
 def test_rejects_bad_inputs(similarity: torch.Tensor, text_to_image: torch.Tensor, message: str) -> None:
     with pytest.raises(ValueError, match=message):
         retrieval_recall(similarity, text_to_image)
+
+
+def _pessimistic_brute_force(similarity: torch.Tensor, text_to_image: list[int], k: int) -> tuple[float, float]:
+    """Recall@k with equal scores ordered wrong-first: sort by (score descending, correct last)."""
+    num_images, num_texts = similarity.shape
+    tr_hits = 0
+    for image in range(num_images):
+        order = sorted(range(num_texts), key=lambda t: (-similarity[image, t].item(), text_to_image[t] == image))
+        tr_hits += any(text_to_image[t] == image for t in order[:k])
+    ir_hits = 0
+    for text in range(num_texts):
+        order = sorted(range(num_images), key=lambda i: (-similarity[i, text].item(), i == text_to_image[text]))
+        ir_hits += text_to_image[text] in order[:k]
+    return 100.0 * tr_hits / num_images, 100.0 * ir_hits / num_texts
+
+
+def test_ties_count_against_the_correct_item_whatever_the_order() -> None:
+    # Scores on a grid of 3 values: many ties. The result must equal the wrong-first brute force, and must not
+    # change when rows and columns are shuffled.
+    generator = torch.Generator().manual_seed(1)
+    similarity = torch.randint(0, 3, (9, 30), generator=generator).double()
+    text_to_image = torch.randint(0, 9, (30,), generator=generator)
+    text_to_image[:9] = torch.arange(9)
+    metrics = retrieval_recall(similarity, text_to_image, ks=(1, 2, 5), chunk_size=4)
+    for k in (1, 2, 5):
+        tr, ir = _pessimistic_brute_force(similarity, text_to_image.tolist(), k)
+        assert metrics[f"tr_r{k}"] == pytest.approx(tr)
+        assert metrics[f"ir_r{k}"] == pytest.approx(ir)
+    rows, cols = torch.randperm(9, generator=generator), torch.randperm(30, generator=generator)
+    new_row_of = torch.empty(9, dtype=torch.long)
+    new_row_of[rows] = torch.arange(9)  # old image id -> its row after shuffling
+    shuffled = retrieval_recall(similarity[rows][:, cols], new_row_of[text_to_image[cols]], ks=(1, 2, 5))
+    assert shuffled == pytest.approx(metrics)
+
+
+def test_all_tied_scores_hit_only_when_k_exceeds_the_wrong_candidates() -> None:
+    # 2 images x 2 captions, every score equal: a text has 1 wrong image, an image 2 wrong texts.
+    metrics = retrieval_recall(torch.zeros(2, 4), torch.tensor([0, 0, 1, 1]), ks=(1, 2, 3))
+    assert (metrics["ir_r1"], metrics["ir_r2"]) == (0.0, 100.0)
+    assert (metrics["tr_r1"], metrics["tr_r2"], metrics["tr_r3"]) == (0.0, 0.0, 100.0)

@@ -58,9 +58,9 @@ def test_normalize_prediction_cleans_whitespace_then_punctuation_then_words() ->
 @pytest.mark.parametrize(
     ("gt_answers", "prediction", "expected"),
     [
-        # Pinned cases of the spec (section 7e), from an independent re-statement of the official logic.
+        # Pinned cases of the spec (section 7e), which describes the 2017 revision of the official script.
         (["2"] * 10, "two", 1.0),  # prediction normalised to "2"; unanimous GT compared raw
-        (["two"] * 10, "two", 0.0),  # quirk: GT digits are never normalised
+        (["two"] * 10, "two", 0.0),  # 2017 quirk: GT digits are never normalised
         (["yes"] * 3 + ["no"] * 7, "Yes.", 0.9),
         (["dog"] + ["cat"] * 9, "a dog", 0.3),
         (["1,000"] * 4 + ["900"] * 6, "1000", 1.0),  # non-unanimous GT gets punctuation processing
@@ -70,8 +70,52 @@ def test_normalize_prediction_cleans_whitespace_then_punctuation_then_words() ->
         (["red"] * 10, "blue", 0.0),
     ],
 )
-def test_question_accuracy_pinned_cases(gt_answers: list[str], prediction: str, expected: float) -> None:
-    assert question_accuracy(prediction, gt_answers) == pytest.approx(expected)
+def test_question_accuracy_2017_pinned_cases(gt_answers: list[str], prediction: str, expected: float) -> None:
+    assert question_accuracy(prediction, gt_answers, revision="2017") == pytest.approx(expected)
+
+
+# The one-question cases of the two revisions, worked by hand from the two versions of vqaEval.py.
+# (prediction, human answers, 2017 accuracy, current accuracy), in percent.
+REVISION_CASES = [
+    # 2017: GT "the dog" keeps its article, 2 of 10 match -> 60. Current: GT disagrees, so "the dog" -> "dog".
+    ("dog", ["the dog"] * 8 + ["dog"] * 2, 60.0, 100.0),
+    # 2017: the prediction's "_" becomes a space, GT unanimous stays raw -> 0. Current: nothing is processed.
+    ("ice_cream", ["ice_cream"] * 10, 0.0, 100.0),
+    # 2017: GT number words are not mapped -> 0. Current: GT disagrees, "two" -> "2": 5 of 10 match -> 100.
+    ("2", ["two"] * 5 + ["three"] * 5, 0.0, 100.0),
+    # 2017: prediction "two" -> "2" matches ten raw "2". Current: unanimous GT, raw "two" != "2".
+    ("two", ["2"] * 10, 100.0, 0.0),
+    # 2017: GT is never lower-cased -> 0. Current: 9 x "Yes" -> "yes" -> 100.
+    ("yes", ["Yes"] * 9 + ["no"], 0.0, 100.0),
+]
+
+
+@pytest.mark.parametrize(("prediction", "gt_answers", "old", "current"), REVISION_CASES)
+def test_question_accuracy_revisions(prediction: str, gt_answers: list[str], old: float, current: float) -> None:
+    records = [{"answer": a, "answer_confidence": "yes", "answer_id": i + 1} for i, a in enumerate(gt_answers)]
+    assert 100 * question_accuracy(prediction, records, revision="2017") == pytest.approx(old)
+    assert 100 * question_accuracy(prediction, records, revision="2021") == pytest.approx(current)
+    assert question_accuracy(prediction, records) == question_accuracy(prediction, records, revision="2021")
+    assert question_accuracy(prediction, gt_answers) == question_accuracy(prediction, records)
+
+
+def test_question_accuracy_without_answer_ids_leaves_out_every_equal_answer() -> None:
+    # The official leave-one-out drops every answer dict equal to the held-out one. Without ids, holding out a
+    # "yes" drops all three: 0 matches left (3 subsets); holding out a "no" leaves 3 "yes" -> 1 (7 subsets).
+    # (3 * 0 + 7 * 1) / 10 = 0.7 in both revisions; positional removal would give (3 * 2/3 + 7) / 10 = 0.9.
+    records = [{"answer": "yes"}] * 3 + [{"answer": "no"}] * 7
+    for revision in ("2017", "2021"):
+        assert question_accuracy("yes", records, revision=revision) == pytest.approx(0.7)
+    with_ids = [r | {"answer_id": i} for i, r in enumerate(records)]
+    assert question_accuracy("yes", with_ids) == pytest.approx(0.9)
+    # Records differing in another field are different dicts: only the held-out one goes.
+    assert question_accuracy("yes", [{"answer": "yes", "answer_confidence": c} for c in ("yes", "no", "maybe")]
+                             + [{"answer": "no"}] * 7) == pytest.approx(0.9)  # fmt: skip
+
+
+def test_question_accuracy_rejects_unknown_revision() -> None:
+    with pytest.raises(ValueError, match="unknown vqaEval revision '2019'"):
+        question_accuracy("yes", ["yes"], revision="2019")
 
 
 def test_question_accuracy_two_of_ten_by_hand() -> None:
@@ -108,12 +152,17 @@ ANNOTATIONS = [
 
 
 def test_vqa_accuracy_overall_and_per_type() -> None:
-    predictions = {9000: "two", 42000: "Yes.", 42001: "The broccoli!"}  # 1.0, 0.9, 0.6
-    result = vqa_accuracy(predictions, ANNOTATIONS)
+    predictions = {9000: "two", 42000: "Yes.", 42001: "The broccoli!"}
+    # 2017: 1.0 ("two" -> "2" against ten raw "2"), 0.9, 0.6.
+    result = vqa_accuracy(predictions, ANNOTATIONS, revision="2017")
     assert result["overall"] == 83.33  # 100 * 2.5 / 3, rounded to 2 decimals like the official script
     assert result["per_answer_type"] == {"number": 100.0, "other": 60.0, "yes/no": 90.0}
     assert result["per_question_type"] == {"how many": 100.0, "is this a": 90.0, "what is": 60.0}
-    assert result["num_questions"] == 3
+    assert result["num_questions"] == 3 and result["vqa_eval_revision"] == "2017"
+    # Current: unanimous "2" is compared with the raw "two" -> 0.0; the other two are normalised as before.
+    current = vqa_accuracy(predictions, ANNOTATIONS)
+    assert current["overall"] == 50.0 and current["vqa_eval_revision"] == "2021"
+    assert current["per_answer_type"] == {"number": 0.0, "other": 60.0, "yes/no": 90.0}
 
 
 def test_vqa_accuracy_perfect_and_all_wrong() -> None:
@@ -143,4 +192,5 @@ def test_answer_soft_score_table() -> None:
 def test_soft_score_equals_official_accuracy_with_ten_answers(num_matching: int) -> None:
     # The training target table is the closed form of the leave-one-out accuracy for ten answers.
     answers = ["cat"] * num_matching + ["dog"] * (10 - num_matching)
-    assert question_accuracy("cat", answers) == pytest.approx(answer_soft_score(num_matching))
+    for revision in ("2017", "2021"):
+        assert question_accuracy("cat", answers, revision=revision) == pytest.approx(answer_soft_score(num_matching))

@@ -2,6 +2,7 @@
 
 import json
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -89,14 +90,18 @@ def _vqa_predictions(tmp_path: Path, answers: dict[int, str]) -> Path:
 
 def test_score_vqav2(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     annotations, questions = _vqa_files(tmp_path)
-    # "two" -> "2" matches 10/10 (1.0); "Yes." -> "yes" matches 3/10 (0.9); "The broccoli!" -> "broccoli"
-    # matches 2/10 (0.6). Overall 100 * 2.5 / 3 = 83.33.
     predictions = _vqa_predictions(tmp_path, {9000: "two", 42000: "Yes.", 42001: "The broccoli!"})
     args = ("vqav2", "--predictions", predictions, "--annotations", annotations)
+    # Current script: ten unanimous "2" are compared raw with "two" (0.0); "Yes." -> "yes" matches 3/10 (0.9);
+    # "The broccoli!" -> "broccoli" matches 2/10 (0.6). Overall 100 * 1.5 / 3 = 50.0.
     result = _score(capsys, *args, "--questions", questions)
-    assert result["overall"] == 83.33
-    assert result["per_answer_type"] == {"number": 100.0, "other": 60.0, "yes/no": 90.0}
+    assert result["overall"] == 50.0 and result["vqa_eval_revision"] == "2021"
+    assert result["per_answer_type"] == {"number": 0.0, "other": 60.0, "yes/no": 90.0}
     assert _score(capsys, *args) == result  # the question file only narrows and checks the set
+    # 2017 script: the prediction alone is normalised, "two" -> "2" matches 10/10 (1.0): 100 * 2.5 / 3 = 83.33.
+    old = _score(capsys, *args, "--vqa-eval-revision", "2017")
+    assert old["overall"] == 83.33 and old["vqa_eval_revision"] == "2017"
+    assert old["per_answer_type"] == {"number": 100.0, "other": 60.0, "yes/no": 90.0}
 
     perfect = _vqa_predictions(tmp_path, {9000: "2", 42000: "no", 42001: "rice"})
     assert _score(capsys, "vqav2", "--predictions", perfect, "--annotations", annotations)["overall"] == 100.0
@@ -253,21 +258,48 @@ def test_score_nlvr2_csv_and_jsonl(tmp_path: Path, capsys: pytest.CaptureFixture
     csv_path = tmp_path / "predictions.csv"
     csv_path.write_text("dev-850-0-0,True\ndev-850-1-0,True\ndev-851-0-1,True\ndev-851-1-1,true\n")
     expected = {"accuracy": 75.0, "consistency": 50.0, "num_examples": 4, "num_sentences": 2}
+    expected |= {"num_unrecognised_labels": 0}
     assert _score(capsys, "nlvr2", "--predictions", csv_path, "--annotations", gt) == expected
 
-    jsonl = _write_jsonl(tmp_path / "predictions.jsonl", [{"identifier": i, "label": 1} for i, _, _ in NLVR2_EXAMPLES])
+    # JSON bools and strings equal to the label up to case count, like the official lower-cased comparison.
+    labels = [True, True, "TRUE", "true"]  # the second pair of sentence 0 is wrong as above
+    rows = [{"identifier": i, "label": label} for (i, _, _), label in zip(NLVR2_EXAMPLES, labels, strict=True)]
+    jsonl = _write_jsonl(tmp_path / "predictions.jsonl", rows)
     assert _score(capsys, "nlvr2", "--predictions", jsonl, "--annotations", gt) == expected
 
     perfect = _write_json(tmp_path / "perfect.json", [{"identifier": i, "label": lab} for i, _, lab in NLVR2_EXAMPLES])
     assert _score(capsys, "nlvr2", "--predictions", perfect, "--annotations", gt)["consistency"] == 100.0
 
 
+def test_score_nlvr2_counts_inexact_labels_as_wrong_like_the_official_script(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], caplog: pytest.LogCaptureFixture
+) -> None:
+    gt = _nlvr2_gt(tmp_path)  # labels True, False, True, True
+    csv_path = tmp_path / "predictions.csv"
+    # The official script splits each stripped line on "," and compares prediction.lower() with label.lower():
+    # "1" and " True" are not "true", "0" is not "false", "maybe" is nothing. Only line 2 ("false") is right.
+    csv_path.write_text("dev-850-0-0,1\ndev-850-1-0,false\ndev-851-0-1, True\ndev-851-1-1,maybe\n")
+    result = _score(capsys, "nlvr2", "--predictions", csv_path, "--annotations", gt)
+    assert (result["accuracy"], result["consistency"], result["num_unrecognised_labels"]) == (25.0, 0.0, 3)
+    assert "3 predictions are not True/False and count as wrong" in caplog.text and str(csv_path) in caplog.text
+    jsonl = _write_jsonl(tmp_path / "predictions.jsonl", [{"identifier": i, "label": 1} for i, _, _ in NLVR2_EXAMPLES])
+    result = _score(capsys, "nlvr2", "--predictions", jsonl, "--annotations", gt)
+    assert (result["accuracy"], result["num_unrecognised_labels"]) == (0.0, 4)
+
+
 def test_score_nlvr2_errors_name_the_file(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     gt = _nlvr2_gt(tmp_path)
     csv_path = tmp_path / "predictions.csv"
-    csv_path.write_text("dev-850-0-0,True\ndev-850-1-0,maybe\ndev-851-0-1,True\ndev-851-1-1,True\n")
+    csv_path.write_text("dev-850-0-0,True\ndev-850-1-0,True,0.9\n")
     err = _fail(capsys, "nlvr2", "--predictions", csv_path, "--annotations", gt)
-    assert str(csv_path) in err and "'maybe' is not True/False" in err
+    assert str(csv_path) in err and "line 2: expected 'identifier,prediction'" in err
+    # Identifiers are not stripped either: "dev-850-0-0 " is not an annotated identifier.
+    csv_path.write_text("dev-850-0-0 ,True\ndev-850-1-0,True\ndev-851-0-1,True\ndev-851-1-1,True\n")
+    err = _fail(capsys, "nlvr2", "--predictions", csv_path, "--annotations", gt)
+    assert str(csv_path) in err and "'dev-850-0-0 '" in err
+    bad_gt = _write_jsonl(tmp_path / "bad_dev.json", [{"identifier": "dev-850-0-0", "label": "1"}])
+    err = _fail(capsys, "nlvr2", "--predictions", csv_path, "--annotations", bad_gt)
+    assert str(bad_gt) in err and "dev-850-0-0: label '1' is not True/False" in err
 
     csv_path.write_text("dev-850-0-0,True\n")
     err = _fail(capsys, "nlvr2", "--predictions", csv_path, "--annotations", gt)
@@ -306,8 +338,46 @@ def test_score_imagenet_json_and_text_labels(tmp_path: Path, capsys: pytest.Capt
     top1_only = _write_json(tmp_path / "top1.json", {name: label for name, label in labels.items()})
     assert _score(capsys, "imagenet", "--predictions", top1_only, "--annotations", text_gt) == {
         "accuracy": 100.0,
+        "top5_accuracy": None,
         "num_images": 6,
     }
+
+
+IMAGE_2, IMAGE_3 = "ILSVRC2012_val_00000002", "ILSVRC2012_val_00000003"
+
+
+@pytest.mark.parametrize(
+    ("change", "message"),
+    [
+        ({f"{IMAGE_2}.JPEG": [970, 1, 2]}, rf"1 images rank fewer than 5 classes .*'{IMAGE_2}'"),
+        ({f"{IMAGE_2}.JPEG": [970, 1, 2, 1, 4]}, rf"{IMAGE_2}.JPEG: class 1 appears more than once"),
+        ({f"{IMAGE_3}.JPEG": [-1, 1, 2, 3, 4]}, rf"{IMAGE_3}.JPEG: class -1 is outside 0..999"),
+        ({f"{IMAGE_3}.JPEG": [5000, 1, 2, 3, 4]}, r"class 5000 is outside 0..999"),
+        ({f"{IMAGE_3}.JPEG": 230}, r"1 images rank fewer than 5 classes"),  # one class among rankings
+    ],
+)
+def test_score_imagenet_rejects_bad_rankings(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], change, message
+) -> None:
+    labels = _write_json(tmp_path / "labels.json", _imagenet_labels())
+    ranked = {name: [label, *(c for c in range(5) if c != label)][:5] for name, label in _imagenet_labels().items()}
+    predictions = _write_json(tmp_path / "predictions.json", ranked | change)
+    err = _fail(capsys, "imagenet", "--predictions", predictions, "--annotations", labels)
+    assert str(predictions) in err
+    assert re.search(message, err), err
+
+
+def test_score_imagenet_num_classes(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    labels = _write_json(tmp_path / "labels.json", {"a.JPEG": 0, "b.JPEG": 2})
+    predictions = _write_json(tmp_path / "predictions.json", {"a": [0, 1, 2], "b": [1, 0, 2]})
+    # Three classes: top-5 is undefined, rankings of all three classes are fine.
+    result = _score(capsys, "imagenet", "--predictions", predictions, "--annotations", labels, "--num-classes", "3")
+    assert result == {"accuracy": 50.0, "top5_accuracy": None, "num_images": 2}
+    err = _fail(capsys, "imagenet", "--predictions", predictions, "--annotations", labels, "--num-classes", "2")
+    assert str(predictions) in err and "a: class 2 is outside 0..1" in err
+    top1 = _write_json(tmp_path / "top1.json", {"a": 0, "b": 1})
+    err = _fail(capsys, "imagenet", "--predictions", top1, "--annotations", labels, "--num-classes", "2")
+    assert str(labels) in err and "b.JPEG: class 2 is outside 0..1" in err
 
 
 def test_score_imagenet_errors_name_the_file(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
@@ -330,6 +400,10 @@ def test_score_files_rejects_unknown_task_and_stray_questions(tmp_path: Path) ->
         score_files("coco", tmp_path / "p.json", tmp_path / "a.json")
     with pytest.raises(ValueError, match="only used by vqav2"):
         score_files("nlvr2", tmp_path / "p.json", tmp_path / "a.json", questions=tmp_path / "q.json")
+    with pytest.raises(ValueError, match="vqa_eval_revision is only used by vqav2, not imagenet"):
+        score_files("imagenet", tmp_path / "p.json", tmp_path / "a.json", vqa_eval_revision="2017")
+    with pytest.raises(ValueError, match="unknown vqaEval revision '2019'"):
+        score_files("vqav2", tmp_path / "p.json", tmp_path / "a.json", vqa_eval_revision="2019")
     with pytest.raises(ScoreFileError, match="p.json: cannot read file"):
         score_files("nlvr2", tmp_path / "p.json", _nlvr2_gt(tmp_path))
 
@@ -344,4 +418,4 @@ def test_python_dash_m_entry_point(tmp_path: Path) -> None:
         command, cwd=REPO_ROOT, env=env, capture_output=True, text=True, timeout=120, check=False
     )
     assert completed.returncode == 0, completed.stderr
-    assert json.loads(completed.stdout)["overall"] == 83.33
+    assert json.loads(completed.stdout)["overall"] == 50.0

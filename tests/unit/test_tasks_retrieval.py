@@ -119,3 +119,19 @@ def test_predict_evaluate_and_score_json(roots, tokenizer, tmp_path):
     assert FLICKR.evaluate(perfect, test)["average_score"] == 100.0
     path = FLICKR.write_submission(perfect, tmp_path / "scores.json", test)
     assert json.loads(path.read_text())["tr_r1"] == 100.0
+
+
+def test_evaluate_keeps_the_first_image_feature_seen():
+    # Two captions per image; each caption's record carries its image's feature. The first record of every image
+    # holds the right feature, the second a feature pointing at another image. Keeping the first gives 100
+    # everywhere; keeping the last sends every image to the next image's captions, so TR@1 and IR@1 are 0.
+    basis = torch.eye(3, 8)
+    records = []
+    for text_index, image_index in enumerate([0, 1, 2, 0, 1, 2]):
+        image_feat = basis[image_index] if text_index < 3 else basis[(image_index + 1) % 3]
+        records.append(
+            {"image_index": image_index, "text_index": text_index}
+            | {"image_feat": image_feat, "text_feat": basis[image_index] * (1 - 0.01 * text_index)}
+        )
+    result = FLICKR.evaluate(records)
+    assert (result["tr_r1"], result["ir_r1"], result["average_score"]) == (100.0, 100.0, 100.0)
