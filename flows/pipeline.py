@@ -5,9 +5,10 @@
 
 Each step is a task in `flows.steps` whose cache key is the content fingerprint of its inputs + its resolved
 config + its code version (`flows.steps.keys`), so an unchanged rerun is all cache hits and a changed raw file
-or benchmark config reruns only what depends on it. Heavy steps call Ray from inside the task (no
-RayTaskRunner, spec 1.4); the default thread runner fans out ingest and fine-tuning. One MLflow parent run per
-flow run, nested runs per executed step.
+or benchmark config reruns only what depends on it. Cached results live in `BEIT3_RESULT_STORAGE` (default: the
+run directory) and count only while the files they name exist (`flows.steps.cache`). Heavy steps call Ray from
+inside the task (no RayTaskRunner, spec 1.4); the default thread runner fans out ingest and fine-tuning. One
+MLflow parent run per flow run, nested runs per executed step.
 
 Run it with `beit3 run CONFIG` (`flows.commands.run`), which sets up the local environment first; a deployment
 (`beit3 deploy`) calls the flow with the same parameters.
@@ -19,6 +20,7 @@ from prefect import flow
 from prefect.runtime import flow_run
 
 from flows.settings import Settings
+from flows.steps.cache import result_storage
 from flows.steps.config import benchmark_config, load_pipeline_config, resolve_preprocess, resolve_pretrain
 from flows.steps.finetune import finetune
 from flows.steps.ingest import ingest
@@ -53,6 +55,7 @@ def beit3_pipeline(
     labels += [f"finetune[{b.task}]" for b in cfg.benchmarks] + ["report"]
     selection = Selection.parse(only, from_step, force)
     selection.check(labels)
+    storage = result_storage(settings, cfg.run_dir)  # a wrong BEIT3_RESULT_STORAGE fails before any step
 
     tracking = start_parent_run(
         settings.tracking_uri(cfg.run_dir),
@@ -62,7 +65,7 @@ def beit3_pipeline(
         cfg.fingerprint(),
         {"beit3.prefect_flow_run_id": str(flow_run.id), "beit3.run_dir": str(cfg.run_dir)},
     )
-    steps = StepRunner(cfg.run_dir, labels, selection, cfg.execution, str(flow_run.id))
+    steps = StepRunner(cfg.run_dir, labels, selection, cfg.execution, storage, str(flow_run.id))
     dataset = results = None
     status = "FAILED"
     try:

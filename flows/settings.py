@@ -9,7 +9,11 @@ is the same code with other values (see docs `/work/shared/spec/orchestration.md
 | `PREFECT_API_URL` | ephemeral server, `PREFECT_HOME=<run_dir>/.state/prefect` | `http://prefect:4200/api` |
 | `RAY_ADDRESS` | `ray.init(address="local")` with `BEIT3_RAY_NUM_CPUS` | `ray-head:6379` |
 | `MLFLOW_TRACKING_URI` | `sqlite:///<run_dir>/.state/mlflow.db` | `http://mlflow:5000` |
-| `BEIT3_RESULT_STORAGE` | `<run_dir>/.state/prefect/results` | a saved Prefect storage block slug on shared storage |
+| `BEIT3_RESULT_STORAGE` | `<run_dir>/.state/prefect/results` | a folder (absolute path) or a saved Prefect block slug |
+
+Cached step results always go where `BEIT3_RESULT_STORAGE` says (default: inside the run directory), whichever
+process runs the flow: `beit3 run`, or a Prefect worker running a deployment, whose `PREFECT_HOME` would otherwise
+hold them (`flows.steps.runner` sets each step's `result_storage`).
 
 `configure_environment` must run before `prefect` is imported: Prefect reads its settings at import time.
 """
@@ -39,7 +43,8 @@ class Settings(BaseSettings):
         1_500_000_000, validation_alias=AliasChoices("BEIT3_RAY_OBJECT_STORE_BYTES", "ray_object_store_bytes")
     )
     result_storage: str | None = Field(None, validation_alias=AliasChoices("BEIT3_RESULT_STORAGE", "result_storage"))
-    """A saved Prefect filesystem block slug (e.g. `s3-bucket/beit3-results`); default: a folder in the run dir."""
+    """A folder (`/`, `~` or `.` first) or a saved Prefect filesystem block slug (`s3-bucket/beit3-results`);
+    unset or empty: `<run_dir>/.state/prefect/results`."""
     work_pool: str = Field("beit3", validation_alias=AliasChoices("BEIT3_WORK_POOL", "work_pool"))
 
     def tracking_uri(self, run_dir: Path) -> str:
@@ -52,8 +57,20 @@ class Settings(BaseSettings):
         )
 
     def results_storage(self, run_dir: Path) -> str | Path:
-        """Where Prefect keeps cached step results and cache records (a block slug or a local folder)."""
-        return self.result_storage or state_dir(run_dir) / "prefect" / "results"
+        """Where Prefect keeps cached step results and cache records: a local folder (a `Path`, which Prefect
+        wraps in an unsaved `LocalFileSystem`) or a block slug `<block-type>/<block-name>` (a `str`)."""
+        value = (self.result_storage or "").strip()
+        if not value:
+            return state_dir(run_dir) / "prefect" / "results"
+        if value.startswith(("/", "~", ".")):
+            return Path(value).expanduser().resolve()
+        block_type, sep, name = value.partition("/")
+        if not (sep and block_type and name) or "/" in name:
+            raise ValueError(
+                f"BEIT3_RESULT_STORAGE={value!r}: expected a folder (starting with /, ~ or .) or a saved Prefect "
+                "block slug <block-type>/<block-name>, e.g. local-file-system/beit3-results"
+            )
+        return value
 
 
 def state_dir(run_dir: Path) -> Path:

@@ -56,7 +56,9 @@ def summarize(manifest: dict, built: list[str], reused: list[str], output: Path)
         "shards_reused": reused,
         "codebook_usage": manifest["visual_tokenizer"].get("codebook_usage"),
         "text_tokenizer": manifest["text_tokenizer"]["model_id"],
-        "files": [str(output / "manifest.json")],
+        # Every file a cache hit hands on: the manifest and each shard's files (its tar and Parquet sidecar).
+        "files": [str(output / "manifest.json")]
+        + [str(output / name) for shard in manifest["shards"] for name in sorted(shard["files"])],
     }
 
 

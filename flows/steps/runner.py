@@ -4,8 +4,10 @@ Steps are named `ingest[<source>]`, `preprocess`, `pretrain`, `finetune[<task>]`
 line a step is named by its kind (`finetune`: every benchmark) or one instance (`finetune:vqav2`).
 
 The ledger `<run_dir>/.state/steps.json` keeps, per step, its last state, cache key and (small) output. A step
-that is not selected is not called at all; its last output from the ledger feeds the steps after it. A failing
-step stops the flow with `StepFailed`, which names the step and carries the tail of its log.
+that is not selected is not called at all; its last output from the ledger feeds the steps after it, if the files
+it names still exist. A failing step stops the flow with `StepFailed`, which names the step and carries the tail
+of its log. Whether a selected step is a cache hit is decided from its cached result alone (`flows.steps.cache`),
+never from the ledger, which goes with the run directory.
 """
 
 import json
@@ -20,6 +22,7 @@ from typing import Any
 from prefect import Task
 
 from flows.settings import state_dir
+from flows.steps.cache import checked_key, missing_files
 from flows.steps.config import Execution
 
 STEPS = ("ingest", "preprocess", "pretrain", "finetune", "report")
@@ -144,6 +147,8 @@ class StepRunner:
     """Every step of this pipeline, in order."""
     selection: Selection
     execution: Execution
+    storage: str | Path
+    """Result storage of every step (`flows.steps.cache.result_storage`)."""
     flow_run_id: str = ""
     states: dict[str, dict] = field(default_factory=dict)
     """This run's steps: label -> {state, key, mlflow_run_id}."""
@@ -191,16 +196,15 @@ class StepRunner:
         return any(self.selection.runs(other) for other in later)
 
     def _submit(self, label: str, step: Task, params: dict):
-        options: dict[str, Any] = {"task_run_name": label, "refresh_cache": self._refresh(label)}
+        options: dict[str, Any] = {
+            "task_run_name": label,
+            "refresh_cache": self.selection.forced(label),
+            "result_storage": self.storage,
+            "cache_key_fn": checked_key(step.cache_key_fn),
+        }
         if step.retries:
             options |= {"retries": self.execution.io_retries, "retry_delay_seconds": self.execution.retry_delay_seconds}
         return step.with_options(**options).submit(**params)
-
-    def _refresh(self, label: str) -> bool:
-        """Forced, or an output file of the last result is gone (a cache hit would hand out a missing file)."""
-        last = self.ledger.read().get(label, {}).get("output") or {}
-        missing = [f for f in last.get("files", []) if f and not Path(f).exists()]
-        return self.selection.forced(label) or bool(missing)
 
     def _collect(self, label: str, future) -> Any:
         future.wait()
@@ -223,5 +227,7 @@ class StepRunner:
             raise MissingStepOutput(f"step {label} was not selected and has never completed: run it first")
         if last["state"] == "Failed":
             raise MissingStepOutput(f"step {label} was not selected and failed in its last run: run it first")
+        if missing := missing_files(last["output"]):
+            raise MissingStepOutput(f"step {label} was not selected and its output {missing[0]} is gone: run it first")
         self.states[label] = {"state": "Skipped", "key": last.get("key")}
         return last["output"]

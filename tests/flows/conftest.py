@@ -80,14 +80,21 @@ def pipeline_config_writer():
     return write_pipeline_config
 
 
-def task_run_states(flow_run_id: str) -> dict[str, str]:
-    """Task run name -> final state name, as the Prefect server recorded them."""
+def task_run_states(flow_run_id: str, wait_s: float = 30) -> dict[str, str]:
+    """Task run name -> final state name, as the Prefect server recorded them. Task run states reach the server as
+    events, recorded a moment after the flow returns (longer on a busy machine), so wait for every one to be final."""
+    import time
+
     from prefect.client.orchestration import get_client
     from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterId
 
+    deadline = time.monotonic() + wait_s
     with get_client(sync_client=True) as client:
-        runs = client.read_task_runs(flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=[flow_run_id])))
-    return {run.name: run.state.name for run in runs}
+        while True:
+            runs = client.read_task_runs(flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=[flow_run_id])))
+            if all(run.state and run.state.is_final() for run in runs) or time.monotonic() > deadline:
+                return {run.name: run.state.name if run.state else "-" for run in runs}
+            time.sleep(0.5)
 
 
 @pytest.fixture(scope="session")

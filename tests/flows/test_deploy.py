@@ -3,8 +3,12 @@ MLflow server on 127.0.0.1), and the infra manifests' shape."""
 
 import json
 import os
+import shutil
+import signal
 import subprocess
 import sys
+import time
+import urllib.error
 import urllib.request
 from pathlib import Path
 
@@ -106,3 +110,90 @@ def test_infra_manifests_describe_gpu_workers_and_the_servers():
     for needle in ("ray up infra/ray/cluster.yaml", "kubectl apply -f infra/k8s/raycluster-gpu.yaml", "local_stack.sh"):
         assert needle in readme
     assert subprocess.run(["bash", "-n", str(INFRA / "local_stack.sh")]).returncode == 0
+
+
+def _api(env: dict, path: str, body: dict | None = None):
+    request = urllib.request.Request(
+        env["PREFECT_API_URL"] + path,
+        data=None if body is None else json.dumps(body).encode(),
+        headers={"Content-Type": "application/json"},
+        method="GET" if body is None else "POST",
+    )
+    try:
+        return json.load(urllib.request.urlopen(request, timeout=30))
+    except urllib.error.HTTPError as error:
+        raise AssertionError(f"{request.method} {path}: HTTP {error.code} {error.read()[:2000]!r}") from error
+
+
+def _run_deployment(env: dict, deployment_id: str, parameters: dict, timeout: float = 400) -> tuple[dict, dict]:
+    """Start a run of the deployment, wait for a terminal state; the flow run and its task runs' state names."""
+    run = _api(env, f"/deployments/{deployment_id}/create_flow_run", {"parameters": parameters})
+    deadline = time.monotonic() + timeout
+    while run["state"]["type"] not in ("COMPLETED", "FAILED", "CRASHED", "CANCELLED"):
+        assert time.monotonic() < deadline, f"flow run {run['id']} still {run['state']['type']} after {timeout} s"
+        time.sleep(1)
+        run = _api(env, f"/flow_runs/{run['id']}")
+    tasks = _api(env, "/task_runs/filter", {"flow_runs": {"id": {"any_": [run["id"]]}}})
+    return run, {t["name"]: t["state"]["name"] for t in tasks}
+
+
+@pytest.mark.slow
+def test_a_worker_keeps_cached_results_in_the_run_dir_and_reruns_steps_whose_files_are_gone(
+    local_stack, tmp_path, pipeline_config_writer
+):
+    """The scheduled-cluster use: a Prefect worker runs the deployment. The first run does the early steps only;
+    then the run directory is removed, so the next run must do them again (taking them from a cache, pretraining
+    would find no shards), and must leave every file it reports. Then results.json and the ledger are removed:
+    the report step alone runs again. No step result may be kept in the worker's own home."""
+    env, _ = local_stack
+    raw = build_raw_dataset(tmp_path / "raw")
+    sources = [s for s in raw["sources"] if s["name"] in ("pairs", "images", "texts")]
+    config = pipeline_config_writer(tmp_path, tiny_preprocess_config(tmp_path, tmp_path / "x", sources), [])
+    env = env | {"PYTHONPATH": os.pathsep.join([str(INFRA.parent), os.environ.get("PYTHONPATH", "")])}
+    env = os.environ | env | {"PREFECT_HOME": str(tmp_path / "worker-home"), "PREFECT_WORKER_QUERY_SECONDS": "1"}
+    env.pop("BEIT3_RESULT_STORAGE", None)
+    command = [sys.executable, "-m", "flows.cli", "deploy", str(config), "--cron", "0 3 * * *", "--name", "worker"]
+    deployed = subprocess.run(command, capture_output=True, text=True, timeout=120, env=env, cwd=tmp_path)
+    assert deployed.returncode == 0, deployed.stderr[-3000:]
+    deployment_id = deployed.stdout.split("(", 1)[1].split(")", 1)[0]
+    log = (tmp_path / "worker.log").open("w")
+    worker = subprocess.Popen(
+        [str(Path(sys.executable).with_name("prefect")), "worker", "start", "--pool", "beit3", "--limit", "1"],
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        env=env,
+        cwd=tmp_path,
+        start_new_session=True,
+    )
+    run_dir, params = tmp_path / "run", {"config_path": str(config)}
+    runs = []
+    try:
+        for parameters, before in [
+            (params | {"only": ["ingest", "preprocess"]}, lambda: None),
+            (params, lambda: shutil.rmtree(run_dir)),
+            (params, lambda: [(run_dir / "results.json").unlink(), (run_dir / ".state" / "steps.json").unlink()]),
+        ]:
+            if runs:
+                records = {p.name for p in (run_dir / ".state" / "prefect" / "results").iterdir()}
+                assert records >= {entry["key"] for entry in _ledger(run_dir).values()}
+            before()
+            runs.append(_run_deployment(env, deployment_id, parameters))
+            assert runs[-1][0]["state"]["type"] == "COMPLETED", (tmp_path / "worker.log").read_text()[-4000:]
+    finally:
+        os.killpg(worker.pid, signal.SIGTERM)
+        worker.wait(timeout=30)
+        log.close()
+    early = {"ingest[pairs]", "ingest[images]", "ingest[texts]", "preprocess"}
+    assert runs[0][1] == {label: "Completed" for label in early}
+    assert runs[1][1] == {label: "Completed" for label in early | {"pretrain", "report"}}
+    assert runs[2][1] == {label: "Cached" for label in early | {"pretrain"}} | {"report": "Completed"}
+    ledger = _ledger(run_dir)
+    reported = [f for entry in ledger.values() for f in entry["output"].get("files", [])]
+    results = json.loads((run_dir / "results.json").read_text())
+    reported += [results["pretrain"]["checkpoint"], str(run_dir / "results.json")]
+    assert len(reported) > 5 and all(Path(f).is_file() for f in reported)
+    assert not list((tmp_path / "worker-home").glob("storage/*"))
+
+
+def _ledger(run_dir: Path) -> dict:
+    return json.loads((run_dir / ".state" / "steps.json").read_text())["steps"]

@@ -29,6 +29,11 @@ def test_a_failing_step_is_retried_and_reported_with_its_name_and_log(tmp_path, 
     assert "Retry 1/1 will start immediately" in stderr and "Retries are exhausted" in stderr  # the step's log
     run_dir = tmp_path / "run"
     assert (run_dir / ".state" / "prefect" / "prefect.db").is_file()  # PREFECT_HOME=<run_dir>/.state/prefect
+    # The sources that were found are cached in the run directory's result storage, not in PREFECT_HOME/storage
+    # (the failed step has no cache key; Prefect keeps its exception there under a random name).
+    records = [p.name.rsplit("-", 1)[0] for p in (run_dir / ".state" / "prefect" / "results").glob("ingest-*")]
+    assert sorted(records) == sorted(f"ingest-{source['name']}" for source in raw["sources"])
+    assert not list((run_dir / ".state" / "prefect" / "storage").glob("ingest-*"))
     ledger = json.loads((run_dir / ".state" / "steps.json").read_text())["steps"]
     assert ledger["ingest[lost]"]["state"] == "Failed"
     assert "preprocess" not in ledger
