@@ -5,7 +5,8 @@ noise. Each thing is timed in several alternating rounds; the report gives min /
 step over the rounds and the machine's load average and CPU use while measuring. The ratio of medians is
 printed only when it holds for every pairing of rounds: the range [slowest-round ratio, fastest-round ratio]
 must lie wholly above or wholly below 1. Otherwise the spread over rounds is wider than the effect, and the
-benchmark prints that no ratio can be given, with the range.
+benchmark prints that no ratio can be given, with the range. A load average above the number of cores marks
+the measurement as taken on a busy machine, whatever the ratio rule says.
 """
 
 import os
@@ -73,11 +74,17 @@ class LoadMeter:
         self.cpu_percent = psutil.cpu_percent(interval=None)
         self.load_after = os.getloadavg()[0]
 
-    def report(self) -> dict[str, float | int]:
-        """1-minute load average before and after, mean CPU use in percent of all cores, and the core count."""
+    def report(self) -> dict[str, float | int | bool]:
+        """Load average before and after, mean CPU use (percent of all cores), core count, and `busy`.
+
+        `busy` is set when the load average exceeded the number of cores: the processes then wait for a core
+        rather than compute, and the timings say more about the scheduler than about the code.
+        """
+        num_cpus = os.cpu_count() or 1
         return {
             "load_1min_before": self.load_before,
             "load_1min_after": self.load_after,
             "cpu_percent": self.cpu_percent,
-            "num_cpus": os.cpu_count() or 0,
+            "num_cpus": num_cpus,
+            "busy": max(self.load_before, self.load_after) > num_cpus,
         }

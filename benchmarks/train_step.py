@@ -99,6 +99,8 @@ def _summary(kind: str, row: dict) -> str:
     )
     if "speedup" in row:
         parts.append(f"ours/torchscale {row['speedup']['text']}")
+    if load["busy"]:
+        parts.append("BUSY MACHINE (load above the core count): not a hardware figure")
     return f"{kind:>5}: " + "; ".join(parts)
 
 

@@ -37,5 +37,9 @@ def test_load_meter_reports_the_machine() -> None:
     with LoadMeter() as load:
         sum(range(10_000))
     report = load.report()
-    assert set(report) == {"load_1min_before", "load_1min_after", "cpu_percent", "num_cpus"}
+    assert set(report) == {"load_1min_before", "load_1min_after", "cpu_percent", "num_cpus", "busy"}
     assert report["num_cpus"] >= 1 and 0.0 <= report["cpu_percent"] <= 100.0
+    load.load_before, load.load_after = report["num_cpus"] + 0.5, 0.0
+    assert load.report()["busy"]
+    load.load_before = load.load_after = report["num_cpus"] - 0.5
+    assert not load.report()["busy"]
