@@ -199,7 +199,7 @@ def test_nlvr2_learns(tmp_path, tokenizer):
 
 def test_captioning_learns(tmp_path, tokenizer):
     root = write_coco(tmp_path / "coco", {"train": 48, "test": 12}, seed=4)
-    cfg = _config("coco_captioning", root, tokenizer, optim={"lr": 2e-3})
+    cfg = _config("coco_captioning", root, tokenizer, optim={"lr": 2e-3}, run={"epochs": 15})
     model, losses = fit(cfg)
     metrics, dataset = evaluate(cfg, model, tmp_path / "out")
     # Constant-caption baseline: the most frequent training caption for every test image, scored alike.
