@@ -146,7 +146,6 @@ def _assert_weights_moved(bench: dict, result: dict) -> None:
     assert initial_state.keys() == tuned_state.keys()
     backbone = _change_beyond_decay(tuned_state, initial_state, "beit3.")
     head = _change_beyond_decay(tuned_state, initial_state, "head.")
-    print("moved", backbone, head)
     assert backbone > 1e-3 and head > 10, f"backbone {backbone:.2e}, head {head:.2e}"
 
 
