@@ -149,12 +149,6 @@ def _assert_weights_moved(bench: dict, result: dict) -> None:
     assert backbone > 1e-3 and head > 10, f"backbone {backbone:.2e}, head {head:.2e}"
 
 
-def _imagenet_steps(bench: dict) -> int:
-    """Optimizer steps per epoch of the ImageNet runs: 2 ranks, 2 images per rank and step, last batch dropped."""
-    train_items = len(index_split(bench["tasks"]["imagenet"]["root"], "train"))
-    return math.ceil(train_items / 2) // 2
-
-
 @pytest.fixture(scope="module")
 def imagenet_run(bench, ray_local):
     return _finetune(bench, "imagenet")
@@ -177,7 +171,8 @@ def test_imagenet(bench, imagenet_run):
 def test_killed_worker_resumes_from_the_epoch_checkpoint_with_identical_weights(bench, imagenet_run, tmp_path):
     """A real SIGKILL of rank 1 in the second epoch: Ray restarts the workers from the epoch-1 checkpoint and the
     fine-tuned weights equal those of the uninterrupted run (fixed seed, CPU)."""
-    steps_per_epoch = _imagenet_steps(bench)
+    train_items = len(index_split(bench["tasks"]["imagenet"]["root"], "train"))
+    steps_per_epoch = math.ceil(train_items / 2) // 2  # 2 ranks, 2 images per rank and step, last batch dropped
     marker = tmp_path / "killed"
     fault = {"kill_rank": 1, "at_step": steps_per_epoch + 2, "marker": str(marker)}
     result = _finetune(bench, "imagenet", fault_injection=fault, storage_path=str(tmp_path / "runs"))
