@@ -167,7 +167,7 @@ def test_classification_learns(tmp_path):
 def test_vqa_learns(tmp_path, tokenizer):
     root = tmp_path / "vqav2"
     options = write_vqav2(root, num_images=(48, 16), seed=2)
-    cfg = _config("vqav2", root, tokenizer, data={"options": options}, run={"epochs": 20})
+    cfg = _config("vqav2", root, tokenizer, data={"options": options}, run={"epochs": 30})
     model, losses = fit(cfg)
     metrics, dataset = evaluate(cfg, model, tmp_path / "out")
     # Majority baseline: the most frequent training answer for every question. Each question has ten equal
