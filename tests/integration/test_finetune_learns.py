@@ -229,7 +229,7 @@ def _words(caption: str) -> list[str]:
 
 def test_retrieval_learns(tmp_path, tokenizer):
     root = write_coco(tmp_path / "coco", {"train": 48, "test": 12}, seed=5)
-    cfg = _config("coco_retrieval", root, tokenizer)
+    cfg = _config("coco_retrieval", root, tokenizer, run={"epochs": 15})
     model, losses = fit(cfg)
     metrics, _ = evaluate(cfg, model, tmp_path / "out")
     # A random ranking of N candidates with one right answer puts it in the top k with probability k / N
