@@ -21,8 +21,9 @@ from beit3_core.config import get_config
 from beit3_core.mdm import BEiT3ForMDM
 from beit3_core.text_tokenizer import train_sentencepiece
 from evaluation.finetune import build_finetune_config, evaluate_checkpoint, load_finetune_config, run_finetune
-from evaluation.finetune.weights import load_task_checkpoint
+from evaluation.finetune.weights import build_task_model, heads_to_copy, initialise, load_task_checkpoint
 from evaluation.miniature import build_miniature_benchmarks
+from evaluation.tasks import get_task
 from evaluation.tasks.imagenet import index_split
 from flows.cli import main as cli_main
 
@@ -108,6 +109,46 @@ def _check_run(result: dict, task: str, metric: str) -> None:
     assert header["task"] == task and model.beit3.config.embed_dim == 64
 
 
+def _initial_model(bench: dict, task: str, checkpoint: str) -> torch.nn.Module:
+    """The model the training loop starts from: heads drawn right after `torch.manual_seed(run.seed)`, then the
+    backbone (and the heads the task copies) loaded from the init checkpoint."""
+    cfg = build_finetune_config(task, _config(bench, task))
+    _, header = load_task_checkpoint(checkpoint)
+    backbone = {k: v for k, v in header["config"].items() if k != "normalize_output"}
+    with torch.random.fork_rng():
+        torch.manual_seed(cfg.run.seed)
+        model = build_task_model(get_task(task), header["backbone_name"], backbone, header["head_options"])
+    initialise(model, bench["pretrained"], heads_to_copy(get_task(task)))
+    return model
+
+
+def _change_beyond_decay(tuned: dict, initial: dict, prefix: str) -> float:
+    """||dw - proj_w0(dw)|| / ||w0|| summed over the tensors named `prefix*`: the relative change of the weights
+    that is not a rescaling of the initial ones. Weight decay without gradient steps only rescales (0 here)."""
+    names = [name for name in initial if name.startswith(prefix)]
+    orthogonal, norm = 0.0, 0.0
+    for name in names:
+        w0 = initial[name].double().flatten()
+        delta = tuned[name].double().flatten() - w0
+        if w0.any():  # zero-initialised tensors (biases) have nothing to rescale: all their change counts
+            delta -= (delta @ w0) / (w0 @ w0) * w0
+        orthogonal, norm = orthogonal + float(delta @ delta), norm + float(w0 @ w0)
+    return math.sqrt(orthogonal / norm)
+
+
+def _assert_weights_moved(bench: dict, result: dict) -> None:
+    """The fine-tuned ImageNet model differs clearly from the one the loop started from: the backbone by more
+    than a rescaling (what weight decay alone would do), the head (initialised 1000x shrunk) far beyond its
+    initial size."""
+    tuned, _ = load_task_checkpoint(result["checkpoint"])
+    tuned_state = tuned.state_dict()
+    initial_state = _initial_model(bench, "imagenet", result["checkpoint"]).state_dict()
+    assert initial_state.keys() == tuned_state.keys()
+    backbone = _change_beyond_decay(tuned_state, initial_state, "beit3.")
+    head = _change_beyond_decay(tuned_state, initial_state, "head.")
+    assert backbone > 1e-3 and head > 10, f"backbone {backbone:.2e}, head {head:.2e}"
+
+
 @pytest.fixture(scope="module")
 def imagenet_run(bench, ray_local):
     return _finetune(bench, "imagenet")
@@ -124,6 +165,7 @@ def test_imagenet(bench, imagenet_run):
     # Evaluating the fine-tuned checkpoint again reproduces the metrics (deterministic eval transform).
     again = evaluate_checkpoint("imagenet", result["checkpoint"], _config(bench, "imagenet"))
     assert again["metrics"]["acc1"] == metrics["acc1"]
+    _assert_weights_moved(bench, result)
 
 
 def test_killed_worker_resumes_from_the_epoch_checkpoint_with_identical_weights(bench, imagenet_run, tmp_path):
@@ -141,6 +183,7 @@ def test_killed_worker_resumes_from_the_epoch_checkpoint_with_identical_weights(
     diffs = [(value - expected[name]).abs().max().item() for name, value in resumed.state_dict().items()]
     assert max(diffs) <= 1e-6
     assert result["metrics"] == imagenet_run["metrics"]
+    _assert_weights_moved(bench, result)  # identical to a run that did train
 
 
 def _cli(argv: list[str], capsys) -> dict:
