@@ -9,7 +9,8 @@ A cached result is only worth its files: a step's output lists the files it prod
 Prefect looks a key up, `checked_key` reads the cached result stored under it; when a file it names is gone, the
 result is marked expired in the storage itself, so Prefect treats the key as absent, runs the step and
 overwrites the record. The check needs nothing but the cached result, so it holds when the run directory (and
-its ledger) was removed while the results were kept elsewhere, or when another machine's files differ.
+its ledger) was removed while the results were kept elsewhere, or on a machine where those files do not exist.
+Only existence is checked: a file replaced by another of the same name counts as present.
 """
 
 import functools

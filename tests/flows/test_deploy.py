@@ -112,17 +112,22 @@ def test_infra_manifests_describe_gpu_workers_and_the_servers():
     assert subprocess.run(["bash", "-n", str(INFRA / "local_stack.sh")]).returncode == 0
 
 
-def _api(env: dict, path: str, body: dict | None = None):
+def _api(env: dict, path: str, body: dict | None = None, attempts: int = 6):
+    """One call of the Prefect REST API; a busy server answers 503 at times, and is asked again (as Prefect's own
+    client does)."""
     request = urllib.request.Request(
         env["PREFECT_API_URL"] + path,
         data=None if body is None else json.dumps(body).encode(),
         headers={"Content-Type": "application/json"},
         method="GET" if body is None else "POST",
     )
-    try:
-        return json.load(urllib.request.urlopen(request, timeout=30))
-    except urllib.error.HTTPError as error:
-        raise AssertionError(f"{request.method} {path}: HTTP {error.code} {error.read()[:2000]!r}") from error
+    for attempt in range(attempts):
+        try:
+            return json.load(urllib.request.urlopen(request, timeout=30))
+        except urllib.error.HTTPError as error:
+            if error.code not in (429, 502, 503) or attempt == attempts - 1:
+                raise AssertionError(f"{request.method} {path}: HTTP {error.code} {error.read()[:2000]!r}") from error
+            time.sleep(2 * (attempt + 1))
 
 
 def _run_deployment(env: dict, deployment_id: str, parameters: dict, timeout: float = 400) -> tuple[dict, dict]:
