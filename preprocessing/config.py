@@ -59,6 +59,9 @@ class ViewStage:
     flip_pairs: bool = False
     """Flip pair images too (captions may say left/right, so off by default)."""
     scale: tuple[float, float] = (0.2, 1.0)
+    reuse_source_jpeg: bool = False
+    """Store a source that already is a plain RGB JPEG of the stored size as it is, instead of re-encoding it
+    (saves an encode and keeps the original quality). Off by default: it changes the bytes of such images."""
 
 
 @dataclass

@@ -75,11 +75,12 @@ def _write_quarantine(path: Path, records: list[QuarantineRecord]) -> None:
 # Ray task bodies: plain functions of plain arguments, so they are testable without Ray.
 
 
-def clean_task(plan: ShardPlan, key: str, rules: dict, short_side: int, work: Path) -> dict:
+def clean_task(plan: ShardPlan, key: str, rules: dict, short_side: int, work: Path, reuse_jpeg: bool = False) -> dict:
     stamp = work / f"{plan.name}.clean.json"
     if stamp.is_file() and json.loads(stamp.read_text())["key"] == key:
         return json.loads(stamp.read_text()) | {"reused": True}
-    result = clean_shard(plan.source, plan.files, ImageRules(**rules["image"]), TextRules(**rules["text"]), short_side)
+    image_rules, text_rules = ImageRules(**rules["image"]), TextRules(**rules["text"])
+    result = clean_shard(plan.source, plan.files, image_rules, text_rules, short_side, reuse_jpeg)
     _write_atomic(work / f"{plan.name}.clean.parquet", lambda tmp: pq.write_table(result.table(), tmp))
     _write_quarantine(work / f"{plan.name}.rejects.parquet", result.quarantine)
     summary = {
@@ -210,11 +211,12 @@ def run_preprocessing(cfg: PreprocessConfig, progress=None) -> PreprocessReport:
     _start_ray(cfg.ray_address)
 
     rules = {"image": cfg.validation.image, "text": cfg.validation.text}
-    validation_hash = cfg.section_hash("validation") + str(cfg.views.short_side)
+    reuse_jpeg = cfg.views.reuse_source_jpeg
+    validation_hash = cfg.section_hash("validation") + str(cfg.views.short_side) + ("reuse-jpeg" if reuse_jpeg else "")
     clean_keys = {p.name: _sha(p.input_fingerprint, validation_hash, code) for p in plans}
     clean = _run_tasks(
         clean_task,
-        [(p, clean_keys[p.name], rules, cfg.views.short_side, work) for p in plans],
+        [(p, clean_keys[p.name], rules, cfg.views.short_side, work, reuse_jpeg) for p in plans],
         "validate",
         progress,
         {"num_cpus": 1},

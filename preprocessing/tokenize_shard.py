@@ -13,7 +13,9 @@ import torch
 from beit3_core.data.views import (
     ViewParams,
     decode_stored_image,
+    decode_stored_pil,
     render_view,
+    render_views,
     sample_views,
     to_tokenizer_input,
 )
@@ -75,10 +77,11 @@ def build_records(
         if row["caption"] is not None:
             record["text_ids"] = text_tokenizer.encode(row["caption"], max_length=max_tokens)
         if row["image"] is not None:
-            stored = decode_stored_image(row["image"])
+            stored = decode_stored_pil(row["image"])  # the one decode of this record in this pass
             allow_flip = row["kind"] == "image" or views.flip_pairs
             params = sample_views(
-                *stored.shape[:2],
+                stored.height,
+                stored.width,
                 views.num_views,
                 _view_rng(seed, row["key"]),
                 scale=views.scale,
@@ -87,11 +90,11 @@ def build_records(
             record |= {
                 "image_bytes": row["image"],
                 "image_sha256": hashlib.sha256(row["image"]).hexdigest(),
-                "stored_height": stored.shape[0],
-                "stored_width": stored.shape[1],
+                "stored_height": stored.height,
+                "stored_width": stored.width,
                 "views": [vars(p) | {"tokens": None} for p in params],
             }
-            pending += [(record, i, render_view(stored, p, img_size)) for i, p in enumerate(params)]
+            pending += [(record, i, pixels) for i, pixels in enumerate(render_views(stored, params, img_size))]
         records.append(record)
     tokens = tokenize_views(visual_tokenizer, [p for _, _, p in pending], batch_size)
     for (record, i, _), view_tokens in zip(pending, tokens, strict=True):
