@@ -29,31 +29,34 @@ def _view_rng(seed: int, key: str) -> np.random.Generator:
 
 
 @torch.no_grad()
-def tokenize_views(tokenizer, pixels: list[np.ndarray], batch_size: int) -> list[list[int]]:
-    """Visual tokens of rendered views (uint8 [S, S, 3] each), row-major over the token grid."""
-    tokens = []
+def encode_views(tokenizer, pixels: np.ndarray, batch_size: int) -> np.ndarray:
+    """Visual tokens int64 [V, grid*grid] (row-major over the token grid) of rendered views uint8 [V, S, S, 3]."""
     device = next(tokenizer.parameters()).device
+    tokens = [np.empty((0, tokenizer.config.grid_size**2), dtype=np.int64)]
     for start in range(0, len(pixels), batch_size):
-        batch = to_tokenizer_input(np.stack(pixels[start : start + batch_size])).to(device)
-        tokens += tokenizer.encode(batch).cpu().tolist()
-    return tokens
+        batch = to_tokenizer_input(np.ascontiguousarray(pixels[start : start + batch_size])).to(device)
+        tokens.append(tokenizer.encode(batch).cpu().numpy())
+    return np.concatenate(tokens)
 
 
-def build_records(
+def render_records(
     clean_table_path,
     duplicates: dict[str, str],
     source: str,
     text_tokenizer: XLMRTokenizer,
     max_tokens: int,
-    visual_tokenizer,
     img_size: int,
     views: ViewStage,
     seed: int,
-    batch_size: int,
-) -> tuple[list[dict], list[QuarantineRecord]]:
-    """Final shard records from a clean table; duplicates (key -> first key) go to quarantine."""
+) -> tuple[list[dict], list[QuarantineRecord], np.ndarray]:
+    """The CPU half of pass 2: shard records without visual tokens, duplicates (key -> first key) as quarantine,
+    and the rendered views uint8 [V, img_size, img_size, 3] in record order (K per image record).
+
+    Each stored image is decoded once and all its views are rendered from that decode: the pixels the
+    pretraining loader will render from the same bytes.
+    """
     rows = pq.read_table(clean_table_path).to_pylist()
-    records, quarantine, pending = [], [], []
+    records, quarantine, rendered = [], [], []
     for row in rows:
         if row["key"] in duplicates:
             quarantine.append(
@@ -94,11 +97,42 @@ def build_records(
                 "stored_width": stored.width,
                 "views": [vars(p) | {"tokens": None} for p in params],
             }
-            pending += [(record, i, pixels) for i, pixels in enumerate(render_views(stored, params, img_size))]
+            rendered.append(render_views(stored, params, img_size))
         records.append(record)
-    tokens = tokenize_views(visual_tokenizer, [p for _, _, p in pending], batch_size)
-    for (record, i, _), view_tokens in zip(pending, tokens, strict=True):
-        record["views"][i]["tokens"] = view_tokens
+    pixels = np.concatenate(rendered) if rendered else np.empty((0, img_size, img_size, 3), dtype=np.uint8)
+    return records, quarantine, pixels
+
+
+def attach_tokens(records: list[dict], tokens: np.ndarray) -> None:
+    """Fill the views of `records` (in order) with `tokens` [V, grid*grid] from `encode_views`."""
+    rows = tokens.tolist()
+    expected = sum(len(r["views"]) for r in records if r["views"])
+    if len(rows) != expected:
+        raise ValueError(f"{len(rows)} token rows for {expected} views")
+    position = 0
+    for record in records:
+        for view in record["views"] or []:
+            view["tokens"] = rows[position]
+            position += 1
+
+
+def build_records(
+    clean_table_path,
+    duplicates: dict[str, str],
+    source: str,
+    text_tokenizer: XLMRTokenizer,
+    max_tokens: int,
+    visual_tokenizer,
+    img_size: int,
+    views: ViewStage,
+    seed: int,
+    batch_size: int,
+) -> tuple[list[dict], list[QuarantineRecord]]:
+    """Final shard records of a clean table in one process (render, tokenize, attach), without Ray."""
+    records, quarantine, pixels = render_records(
+        clean_table_path, duplicates, source, text_tokenizer, max_tokens, img_size, views, seed
+    )
+    attach_tokens(records, encode_views(visual_tokenizer, pixels, batch_size))
     return records, quarantine
 
 
