@@ -1,7 +1,14 @@
-"""Pass 2 of a shard: text ids, K replayable views per image with their visual tokens, and the final shard.
+"""Pass 2 of a shard: text ids, K replayable views per image with their visual tokens, and the final records.
 
 Views are drawn from a generator seeded by (seed, record key), so a rebuilt shard holds the same views; the
 tokens of a view are computed on exactly the pixels the pretraining loader will render from the stored JPEG.
+The CPU half (`render_records`) and the tokenizer half (`encode_views`, `attach_tokens`) are separate so that
+`preprocessing.token_stage` can run them in different Ray workers; `build_records` joins them in one process.
+
+Identity of the views: the stored JPEG is lossy, so its decoded pixels differ from the array it was encoded
+from, and the loader renders from the decoded bytes. The views are therefore rendered from one decode of the
+stored bytes (libjpeg-turbo, the cheapest exact way to get those pixels; no array-level shortcut reproduces
+its IDCT and colour conversion), never from the pre-JPEG array.
 """
 
 import hashlib
