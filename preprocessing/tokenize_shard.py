@@ -41,8 +41,9 @@ def encode_views(tokenizer, pixels: np.ndarray, batch_size: int) -> np.ndarray:
     device = next(tokenizer.parameters()).device
     tokens = [np.empty((0, tokenizer.config.grid_size**2), dtype=np.int64)]
     for start in range(0, len(pixels), batch_size):
-        batch = to_tokenizer_input(np.ascontiguousarray(pixels[start : start + batch_size])).to(device)
-        tokens.append(tokenizer.encode(batch).cpu().numpy())
+        # uint8 crosses to the device (a quarter of the float bytes) and is scaled there.
+        batch = torch.from_numpy(np.ascontiguousarray(pixels[start : start + batch_size])).to(device)
+        tokens.append(tokenizer.encode(to_tokenizer_input(batch)).cpu().numpy())
     return np.concatenate(tokens)
 
 
