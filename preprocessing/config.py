@@ -54,8 +54,8 @@ class VisualStage:
     actors: int = 0
     """Long-lived tokenizer actors, each loading the model once; 0 = one per GPU (when the actors take GPUs)
     or one per `actor_threads` CPUs of the cluster."""
-    actor_threads: int = 1
-    """torch threads per actor on CPU."""
+    actor_threads: int = 0
+    """torch threads per actor; 0 = as many as the Ray CPUs it reserves (`actor_cpus`), at least 1."""
     actor_cpus: float | None = None
     """Ray CPUs each actor reserves; None = 0 for CPU actors (they share the cores with the CPU stage and the
     OS divides them, so no core idles while either stage has work) and `actor_threads` for GPU actors."""

@@ -7,8 +7,8 @@ the group's views to the least loaded actor, so a batch spans records and shards
 visual tokenizer once for the whole run. A write task then attaches the tokens to the records and writes the
 shard files atomically (`preprocessing.shard_writer`), exactly as a single process would.
 
-Resources: CPU actors reserve no Ray CPU by default and run `actor_threads` torch threads each, one actor per
-that many cluster CPUs; they share the cores with the render and write tasks and the OS divides the cores,
+Resources: CPU actors reserve no Ray CPU by default and run `actor_threads` torch threads each (default 1),
+one actor per that many cluster CPUs; they share the cores with the render and write tasks and the OS divides the cores,
 so no core idles while either stage has work. GPU actors take `actor_gpus` GPUs each and leave the CPUs to
 the CPU stage. Actors are spread over the nodes. Views waiting for tokens are bounded, so the object store
 holds a few batches per actor, not the data set.
@@ -108,15 +108,25 @@ class ActorPlan:
 
 
 def plan_actors(visual: VisualStage, cluster_cpus: float, cluster_gpus: float) -> ActorPlan:
-    """How many tokenizer actors to start and what each reserves (see `VisualStage` for the defaults)."""
+    """How many tokenizer actors to start and what each reserves (see `VisualStage` for the defaults).
+
+    Raises:
+        ValueError: The actors would reserve every CPU, so no render or write task could ever run.
+    """
     gpus = visual.actor_gpus if visual.actor_gpus is not None else (1.0 if cluster_gpus >= 1 else 0.0)
-    threads = max(1, visual.actor_threads)
+    threads = visual.actor_threads or max(1, round(visual.actor_cpus or 0))
     if gpus > 0:
         count = visual.actors or max(1, int(cluster_gpus // gpus))
         cpus = visual.actor_cpus if visual.actor_cpus is not None else float(threads)
     else:
-        count = visual.actors or max(1, int(cluster_cpus // threads))
         cpus = visual.actor_cpus if visual.actor_cpus is not None else 0.0
+        # Actors that reserve CPUs get half of the cluster's; free-riding ones one per `threads` CPUs.
+        count = visual.actors or max(1, int((cluster_cpus / 2 if cpus else cluster_cpus) // max(cpus, threads)))
+    if count * cpus > cluster_cpus - 1:
+        raise ValueError(
+            f"{count} tokenizer actors x {cpus} CPUs leave no CPU of the cluster's {cluster_cpus:g} for the render "
+            "and write tasks; lower visual.actors or visual.actor_cpus"
+        )
     return ActorPlan(count=count, threads=threads, num_cpus=cpus, num_gpus=gpus)
 
 

@@ -19,6 +19,7 @@ from preprocessing.vqkd.model import build_vqkd
         (VisualStage(actor_threads=4), 16, 0, (4, 4, 0.0, 0.0)),
         (VisualStage(actor_threads=4), 2, 0, (1, 4, 0.0, 0.0)),
         (VisualStage(actors=3, actor_cpus=1.0), 16, 0, (3, 1, 1.0, 0.0)),
+        (VisualStage(actor_cpus=4.0), 16, 0, (2, 4, 4.0, 0.0)),  # half the CPUs; threads follow the reservation
         # GPU cluster: one actor per GPU reserving its threads' CPUs; half a GPU each when asked.
         (VisualStage(), 32, 2, (2, 1, 1.0, 1.0)),
         (VisualStage(actor_gpus=0.5, actor_threads=2), 32, 2, (4, 2, 2.0, 0.5)),
@@ -30,6 +31,13 @@ def test_actor_plan(visual: VisualStage, cpus: int, gpus: int, expected: tuple) 
     plan = plan_actors(visual, cpus, gpus)
     assert (plan.count, plan.threads, plan.num_cpus, plan.num_gpus) == expected
     assert plan.device == ("cuda" if expected[3] else "cpu")
+
+
+def test_actors_that_would_take_every_cpu_are_refused() -> None:
+    with pytest.raises(ValueError, match="leave no CPU"):
+        plan_actors(VisualStage(actors=4, actor_cpus=1.0), 4, 0)
+    with pytest.raises(ValueError, match="leave no CPU"):
+        plan_actors(VisualStage(actor_threads=2), 2, 1)  # one GPU actor reserving both CPUs
 
 
 def test_a_group_of_shards_encodes_like_each_shard_alone(tmp_path) -> None:
