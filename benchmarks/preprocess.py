@@ -132,13 +132,15 @@ def pipeline_config(folder: Path, out: Path, tokenizers: dict, views: ViewStage,
 
 
 def timed_pipeline(folder: Path, warmup: Path, work: Path, tokenizers: dict, views: ViewStage, args) -> float:
-    """Images/s of `run_preprocessing` on `folder` with Ray already started, after a warm-up run."""
+    """Best images/s of `--rounds` runs of `run_preprocessing` on `folder` (Ray already started, one warm-up)."""
     run_preprocessing(pipeline_config(warmup, work / "warmup", tokenizers, views, args))
-    start = time.perf_counter()
-    report = run_preprocessing(pipeline_config(folder, work / "timed", tokenizers, views, args))
-    seconds = time.perf_counter() - start
+    rates = []
+    for round_index in range(args.rounds):
+        start = time.perf_counter()
+        report = run_preprocessing(pipeline_config(folder, work / f"timed{round_index}", tokenizers, views, args))
+        rates.append(report.manifest["sources"]["bench"]["records_in"] / (time.perf_counter() - start))
     shutil.rmtree(work)
-    return report.manifest["sources"]["bench"]["records_in"] / seconds
+    return max(rates)
 
 
 def local_ray_rate(folder, warmup, tmp, tokenizers, views, args) -> tuple[float, int]:
@@ -197,6 +199,7 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--files-per-shard", type=int, default=64)
     parser.add_argument("--node-cpus", type=int, default=1, help="CPUs of each node in the two-node comparison")
     parser.add_argument("--only", nargs="+", choices=SECTIONS, default=list(SECTIONS))
+    parser.add_argument("--rounds", type=int, default=2, help="repeat each measurement, keep the best")
     return parser.parse_args()
 
 
@@ -207,6 +210,7 @@ def main() -> None:
         torch.set_num_threads(1)  # per-core figures; the pipeline sets its own threads per actor
     views = ViewStage(num_views=args.views, short_side=args.short_side)
     result: dict = {"views_per_image": args.views, "device": args.device, "tokenizer": args.tokenizer_config}
+    result["load_average_1min_start"] = round(os.getloadavg()[0], 1)  # other work on the machine
     with tempfile.TemporaryDirectory() as tmp_name:
         tmp = Path(tmp_name)
         model, tokenizers = make_tokenizers(args, tmp)
@@ -222,19 +226,32 @@ def main() -> None:
             for path in files[:16]:
                 shutil.copyfile(path, warmup / path.name)
             result["images"] = len(files)
-            if "ceiling" in args.only:
-                result["ceiling_images_per_s_per_core"] = round(ceiling_rate(files, args.short_side), 1)
             grid = model.config.grid_size
-            rate, steps, pixels, kept = cpu_stage(tmp / "images", files, views, args.img_size, grid, tmp)
-            result |= {"images_kept": kept, "cpu_stage_images_per_s_per_core": round(rate, 1), "cpu_steps": steps}
+            for _ in range(args.rounds):  # best of the rounds: the machine may be shared
+                if "ceiling" in args.only:
+                    _keep_best(result, "ceiling_images_per_s_per_core", round(ceiling_rate(files, args.short_side), 1))
+                rate, steps, pixels, kept = cpu_stage(tmp / "images", files, views, args.img_size, grid, tmp)
+                if _keep_best(result, "cpu_stage_images_per_s_per_core", round(rate, 1)):
+                    result |= {"images_kept": kept, "cpu_steps": steps}
         if "tokenizer" in args.only:
-            tokens = tokenizer_rate(model.to(args.device), pixels, args.batch, args.dtype, args.device)
-            tokens["images_per_s"] = round(tokens["views_per_s"] / args.views, 1)
-            result["tokenizer_alone" + ("_per_core" if args.device == "cpu" else "")] = tokens | {"dtype": args.dtype}
+            for _ in range(args.rounds):
+                tokens = tokenizer_rate(model.to(args.device), pixels, args.batch, args.dtype, args.device)
+                tokens |= {"images_per_s": round(tokens["views_per_s"] / args.views, 1), "dtype": args.dtype}
+                key = "tokenizer_alone" + ("_per_core" if args.device == "cpu" else "")
+                if tokens["views_per_s"] > result.get(key, {}).get("views_per_s", 0):
+                    result[key] = tokens
         if not args.synthetic:
             result |= _ray_sections(args, tmp, tokenizers, views, result)
+    result["load_average_1min_end"] = round(os.getloadavg()[0], 1)
     _ratios(result)
     print(json.dumps(result, indent=2))
+
+
+def _keep_best(result: dict, key: str, value: float) -> bool:
+    if value > result.get(key, 0):
+        result[key] = value
+        return True
+    return False
 
 
 def _ray_sections(args, tmp: Path, tokenizers: dict, views: ViewStage, result: dict) -> dict:
@@ -244,8 +261,11 @@ def _ray_sections(args, tmp: Path, tokenizers: dict, views: ViewStage, result: d
         rate, cores = local_ray_rate(folder, warmup, tmp, tokenizers, views, args)
         out |= {"cores": cores, "pipeline_images_per_s": round(rate, 1), "pipeline_per_core": round(rate / cores, 1)}
     if "two_node" in args.only:
-        one = cluster_rate(1, folder, warmup, tmp, tokenizers, views, args)
-        two = cluster_rate(2, folder, warmup, tmp, tokenizers, views, args)
+        rates = {1: [], 2: []}
+        for _ in range(args.rounds):  # interleaved, so a change in the machine's load hits both
+            for nodes in (1, 2):
+                rates[nodes].append(cluster_rate(nodes, folder, warmup, tmp, tokenizers, views, args))
+        one, two = max(rates[1]), max(rates[2])
         out |= {"one_node_images_per_s": round(one, 1), "two_node_images_per_s": round(two, 1)}
     return out
 
