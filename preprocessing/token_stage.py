@@ -28,6 +28,7 @@ from preprocessing.plan import ShardPlan
 from preprocessing.shard_writer import is_shard_complete, write_shard
 
 _BATCHES_IN_FLIGHT_PER_ACTOR = 4
+_ACTOR_RETRIES = 3
 
 
 @dataclass(frozen=True)
@@ -133,8 +134,14 @@ def plan_actors(visual: VisualStage, cluster_cpus: float, cluster_gpus: float) -
 def start_actors(plan: ActorPlan, vqkd_path: str, batch_size: int) -> list:
     import ray
 
+    # Encoding is a pure function of its input, so an actor lost (e.g. to the node's OOM killer) is restarted
+    # and its pending calls are retried.
     actor_class = ray.remote(TokenizerActor).options(
-        num_cpus=plan.num_cpus, num_gpus=plan.num_gpus, scheduling_strategy="SPREAD"
+        num_cpus=plan.num_cpus,
+        num_gpus=plan.num_gpus,
+        scheduling_strategy="SPREAD",
+        max_restarts=_ACTOR_RETRIES,
+        max_task_retries=_ACTOR_RETRIES,
     )
     return [actor_class.remote(vqkd_path, plan.device, plan.threads, batch_size) for _ in range(plan.count)]
 
