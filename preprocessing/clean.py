@@ -8,13 +8,12 @@ reason; `records_in == len(rows) + len(quarantine)` holds by construction and is
 import hashlib
 from dataclasses import dataclass, field
 
-import numpy as np
 import pyarrow as pa
 
-from beit3_core.data.views import encode_stored_image, resize_short_side
+from beit3_core.data.views import encode_stored_image, resize_short_side_image
 from preprocessing.quarantine import QuarantineRecord
 from preprocessing.sources import RawRecord, SourceSpec, iter_records_of_files
-from preprocessing.validate_image import ImageRules, validate_image
+from preprocessing.validate_image import ImageResult, ImageRules, validate_image
 from preprocessing.validate_text import TextRules, text_sha256, validate_text
 
 CLEAN_SCHEMA = pa.schema(
@@ -42,7 +41,26 @@ class CleanResult:
         return pa.Table.from_pylist(self.rows, schema=CLEAN_SCHEMA)
 
 
-def _clean_record(record: RawRecord, image_rules: ImageRules, text_rules: TextRules, short_side: int):
+_JPEG_MAGIC = b"\xff\xd8\xff"
+
+
+def stored_image_bytes(data: bytes, result: ImageResult, short_side: int, reuse_jpeg: bool = False) -> bytes:
+    """The stored JPEG of a validated image: resized once, encoded once.
+
+    With `reuse_jpeg`, a source that already is a plain RGB JPEG of the stored size (nothing normalised, no
+    resize needed) is stored as it is: its decoded pixels are exactly what the loader will decode, and the
+    encode/decode round trip is saved. Off by default, because the bytes (and so the shards) then differ from
+    the re-encoded ones.
+    """
+    image = result.image
+    if reuse_jpeg and not result.normalizations and min(image.size) == short_side and data[:3] == _JPEG_MAGIC:
+        return data
+    return encode_stored_image(resize_short_side_image(image, short_side))
+
+
+def _clean_record(
+    record: RawRecord, image_rules: ImageRules, text_rules: TextRules, short_side: int, reuse_jpeg: bool = False
+):
     """(row, None) for an accepted record, (None, (reason, detail)) for a rejected one."""
     if record.error:
         return None, (str(record.error), record.error_detail)
@@ -60,7 +78,7 @@ def _clean_record(record: RawRecord, image_rules: ImageRules, text_rules: TextRu
         result = validate_image(record.image_bytes or b"", image_rules)
         if not result.accepted:
             return None, (f"image_{result.reason}", result.message)
-        image = encode_stored_image(resize_short_side(np.asarray(result.image), short_side))
+        image = stored_image_bytes(record.image_bytes, result, short_side, reuse_jpeg)
         notes += [f"image:{n}" for n in result.normalizations]
         hashes.append(hashlib.sha256(record.image_bytes).hexdigest())
     row = {
@@ -79,12 +97,17 @@ def _clean_record(record: RawRecord, image_rules: ImageRules, text_rules: TextRu
 
 
 def clean_shard(
-    spec: SourceSpec, files: tuple, image_rules: ImageRules, text_rules: TextRules, short_side: int
+    spec: SourceSpec,
+    files: tuple,
+    image_rules: ImageRules,
+    text_rules: TextRules,
+    short_side: int,
+    reuse_jpeg: bool = False,
 ) -> CleanResult:
     result = CleanResult()
     for record in iter_records_of_files(spec, files):
         result.records_in += 1
-        row, rejection = _clean_record(record, image_rules, text_rules, short_side)
+        row, rejection = _clean_record(record, image_rules, text_rules, short_side, reuse_jpeg)
         if row is not None:
             result.rows.append(row)
         else:

@@ -50,6 +50,17 @@ class VisualStage:
     min_codebook_usage: float = 0.5
     """Codebook usage on held-out images below this fails the step (a collapsed tokenizer is not hidden)."""
     batch_size_encode: int = 64
+    """Views per tokenizer forward; a batch spans records and shards."""
+    actors: int = 0
+    """Long-lived tokenizer actors, each loading the model once; 0 = one per GPU (when the actors take GPUs)
+    or one per `actor_threads` CPUs of the cluster."""
+    actor_threads: int = 0
+    """torch threads per actor; 0 = as many as the Ray CPUs it reserves (`actor_cpus`), at least 1."""
+    actor_cpus: float | None = None
+    """Ray CPUs each actor reserves; None = 0 for CPU actors (they share the cores with the CPU stage and the
+    OS divides them, so no core idles while either stage has work) and `actor_threads` for GPU actors."""
+    actor_gpus: float | None = None
+    """GPUs per actor; None = 1 when the cluster has GPUs, else 0 (the tokenizer runs on the CPU)."""
 
 
 @dataclass
@@ -59,6 +70,9 @@ class ViewStage:
     flip_pairs: bool = False
     """Flip pair images too (captions may say left/right, so off by default)."""
     scale: tuple[float, float] = (0.2, 1.0)
+    reuse_source_jpeg: bool = False
+    """Store a source that already is a plain RGB JPEG of the stored size as it is, instead of re-encoding it
+    (saves an encode and keeps the original quality). Off by default: it changes the bytes of such images."""
 
 
 @dataclass

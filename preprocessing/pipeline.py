@@ -1,11 +1,12 @@
 """The preprocessing pipeline on Ray: raw sources -> validated records -> tokenizers -> shards + manifest.
 
-Stages (each shard is one Ray task per pass; results are small dicts, files are written by the tasks):
+Stages (each shard is one Ray task per pass, plus long-lived tokenizer actors in pass 2; results are small
+dicts, files are written by the tasks):
 1. plan: shards per source, each with a content fingerprint of its input files (`preprocessing.plan`);
 2. clean (pass 1): read + validate, quarantine rejects, normalise survivors (`preprocessing.clean`);
 3. dedup: exact duplicates across the whole dataset, first occurrence in plan order wins;
 4. tokenizers: train or load SentencePiece and VQ-KD (`preprocessing.tokenizers`);
-5. tokenize (pass 2): text ids, K views with visual tokens, final shard files (`preprocessing.tokenize_shard`);
+5. tokenize (pass 2): text ids, K views with visual tokens, final shard files (`preprocessing.token_stage`);
 6. manifest: per-source accounting (records_in == records_out + records_quarantined, or the run fails),
    shard hashes, tokenizer ids, code version, dataset version; one merged quarantine table.
 
@@ -14,7 +15,6 @@ skips finished work, so a killed run resumes with no duplicate and no gap, and c
 redoes only the shards that read it.
 """
 
-import functools
 import hashlib
 import json
 import logging
@@ -31,13 +31,8 @@ from preprocessing.config import PreprocessConfig
 from preprocessing.manifest import dataset_version, shard_entry
 from preprocessing.plan import ShardPlan, code_version, plan_source
 from preprocessing.quarantine import QUARANTINE_SCHEMA, QuarantineRecord, SourceCounts
-from preprocessing.shard_writer import (
-    is_shard_complete,
-    read_shard_info,
-    remove_stale_temporaries,
-    write_manifest,
-    write_shard,
-)
+from preprocessing.shard_writer import read_shard_info, remove_stale_temporaries, write_manifest
+from preprocessing.token_stage import ShardJob, run_token_stage
 from preprocessing.tokenizers import prepare_text_tokenizer, prepare_visual_tokenizer
 from preprocessing.validate_image import ImageRules
 from preprocessing.validate_text import TextRules
@@ -75,11 +70,12 @@ def _write_quarantine(path: Path, records: list[QuarantineRecord]) -> None:
 # Ray task bodies: plain functions of plain arguments, so they are testable without Ray.
 
 
-def clean_task(plan: ShardPlan, key: str, rules: dict, short_side: int, work: Path) -> dict:
+def clean_task(plan: ShardPlan, key: str, rules: dict, short_side: int, work: Path, reuse_jpeg: bool = False) -> dict:
     stamp = work / f"{plan.name}.clean.json"
     if stamp.is_file() and json.loads(stamp.read_text())["key"] == key:
         return json.loads(stamp.read_text()) | {"reused": True}
-    result = clean_shard(plan.source, plan.files, ImageRules(**rules["image"]), TextRules(**rules["text"]), short_side)
+    image_rules, text_rules = ImageRules(**rules["image"]), TextRules(**rules["text"])
+    result = clean_shard(plan.source, plan.files, image_rules, text_rules, short_side, reuse_jpeg)
     _write_atomic(work / f"{plan.name}.clean.parquet", lambda tmp: pq.write_table(result.table(), tmp))
     _write_quarantine(work / f"{plan.name}.rejects.parquet", result.quarantine)
     summary = {
@@ -92,51 +88,6 @@ def clean_task(plan: ShardPlan, key: str, rules: dict, short_side: int, work: Pa
     }
     _write_atomic(stamp, lambda tmp: Path(tmp).write_text(json.dumps(summary)))
     return summary | {"reused": False}
-
-
-@functools.lru_cache(maxsize=4)
-def _load_tokenizers(spm_path: str, vqkd_path: str, device: str):
-    from beit3_core.text_tokenizer import XLMRTokenizer
-    from preprocessing.vqkd.checkpoint import load_official_vqkd, load_vqkd
-
-    visual = load_vqkd(vqkd_path) if vqkd_path.endswith(".safetensors") else load_official_vqkd(vqkd_path)
-    return XLMRTokenizer(spm_path), visual.to(device).eval()
-
-
-def tokenize_task(
-    plan: ShardPlan,
-    fingerprint: str,
-    duplicates: dict[str, str],
-    out: Path,
-    work: Path,
-    cfg: PreprocessConfig,
-    spm_path: str,
-    vqkd_path: str,
-) -> dict:
-    import torch
-
-    from preprocessing.tokenize_shard import build_records
-
-    if is_shard_complete(out, plan.name, fingerprint, verify_hashes=False):
-        return {"shard": plan.name, "reused": True}
-    torch.set_num_threads(1)
-    device = "cuda" if torch.cuda.is_available() else "cpu"
-    text_tokenizer, visual_tokenizer = _load_tokenizers(spm_path, vqkd_path, device)
-    records, quarantine = build_records(
-        work / f"{plan.name}.clean.parquet",
-        duplicates,
-        plan.source.name,
-        text_tokenizer,
-        cfg.text.max_tokens,
-        visual_tokenizer,
-        visual_tokenizer.config.img_size,
-        cfg.views,
-        cfg.seed,
-        cfg.visual.batch_size_encode,
-    )
-    _write_quarantine(work / f"{plan.name}.duplicates.parquet", quarantine)
-    write_shard(records, out, plan.name, fingerprint)
-    return {"shard": plan.name, "reused": False}
 
 
 def _find_duplicates(plans: list[ShardPlan], work: Path) -> dict[str, dict[str, str]]:
@@ -194,7 +145,6 @@ def _run_tasks(fn, calls: list[tuple], label: str, progress, resources: dict) ->
 
 def run_preprocessing(cfg: PreprocessConfig, progress=None) -> PreprocessReport:
     """Run every stage; `progress` is an optional `rich.progress.Progress`."""
-    import ray
     import torch
 
     start = time.perf_counter()
@@ -210,11 +160,12 @@ def run_preprocessing(cfg: PreprocessConfig, progress=None) -> PreprocessReport:
     _start_ray(cfg.ray_address)
 
     rules = {"image": cfg.validation.image, "text": cfg.validation.text}
-    validation_hash = cfg.section_hash("validation") + str(cfg.views.short_side)
+    reuse_jpeg = cfg.views.reuse_source_jpeg
+    validation_hash = cfg.section_hash("validation") + str(cfg.views.short_side) + ("reuse-jpeg" if reuse_jpeg else "")
     clean_keys = {p.name: _sha(p.input_fingerprint, validation_hash, code) for p in plans}
     clean = _run_tasks(
         clean_task,
-        [(p, clean_keys[p.name], rules, cfg.views.short_side, work) for p in plans],
+        [(p, clean_keys[p.name], rules, cfg.views.short_side, work, reuse_jpeg) for p in plans],
         "validate",
         progress,
         {"num_cpus": 1},
@@ -237,12 +188,14 @@ def run_preprocessing(cfg: PreprocessConfig, progress=None) -> PreprocessReport:
         )
         for p in plans
     }
-    gpus = ray.cluster_resources().get("GPU", 0)
-    resources = {"num_cpus": 1, "num_gpus": 0.5} if gpus else {"num_cpus": 1}
-    calls = [
-        (p, fingerprints[p.name], duplicates[p.name], out, work, cfg, str(spm_path), str(vqkd_path)) for p in plans
-    ]
-    built = _run_tasks(tokenize_task, calls, "tokenize + shard", progress, resources)
+    jobs = [ShardJob(p, fingerprints[p.name], duplicates[p.name]) for p in plans]
+
+    def record_duplicates(summary: dict) -> None:
+        _write_quarantine(work / f"{summary['shard']}.duplicates.parquet", summary["quarantine"])
+
+    built = run_token_stage(
+        jobs, cfg, out, work, str(spm_path), str(vqkd_path), visual_info["img_size"], record_duplicates, progress
+    )
     _remove_orphan_shards(out, {p.name for p in plans})
 
     manifest, reasons = _manifest(cfg, plans, clean, out, work, text_info, visual_info, code)

@@ -21,6 +21,8 @@ from preprocessing.config import TextStage, VisualStage
 
 logger = logging.getLogger(__name__)
 
+RUN_ONLY_FIELDS = ("actors", "actor_threads", "actor_cpus", "actor_gpus")
+
 
 def file_id(path: Path) -> str:
     return hashlib.sha256(path.read_bytes()).hexdigest()[:16]
@@ -95,7 +97,9 @@ def prepare_visual_tokenizer(stage: VisualStage, clean_tables: list[Path], folde
     else:
         path = folder / "vqkd.safetensors"
         stamp = folder / "vqkd.config.json"
-        config = json.dumps(asdict(stage) | {"seed": seed}, sort_keys=True)
+        # How the tokenizer is run (actor count and resources) does not change it, so it stays out of the stamp.
+        trained_with = {k: v for k, v in asdict(stage).items() if k not in RUN_ONLY_FIELDS}
+        config = json.dumps(trained_with | {"seed": seed}, sort_keys=True)
         if path.is_file() and stamp.is_file() and stamp.read_text() == config:
             tokenizer = load_vqkd(path)
         else:

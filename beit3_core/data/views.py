@@ -40,8 +40,11 @@ __all__ = [
     "decode_stored_image",
     "encode_stored_image",
     "render_info",
+    "decode_stored_pil",
     "render_view",
+    "render_views",
     "resize_short_side",
+    "resize_short_side_image",
     "sample_views",
     "to_model_input",
     "to_tokenizer_input",
@@ -148,29 +151,55 @@ def sample_views(
     return views
 
 
-def render_view(image: np.ndarray, view: ViewParams, out_size: int) -> np.ndarray:
+def _check_rgb_array(image: np.ndarray) -> None:
+    if image.dtype != np.uint8 or image.ndim != 3 or image.shape[2] != 3:
+        raise ValueError(f"expected uint8 [H, W, 3], got {image.dtype} {image.shape}")
+
+
+def _as_rgb_image(image: np.ndarray | Image.Image) -> Image.Image:
+    if isinstance(image, Image.Image):
+        if image.mode != "RGB":
+            raise ValueError(f"expected an RGB image, got mode {image.mode}")
+        return image
+    _check_rgb_array(image)
+    return Image.fromarray(image)
+
+
+def _render_into(image: Image.Image, view: ViewParams, out_size: int, out: np.ndarray) -> None:
+    """Writes one view of `image` into `out` (uint8 [out_size, out_size, 3])."""
+    view.check_inside(image.height, image.width)
+    box = (view.left, view.top, view.left + view.width, view.top + view.height)
+    resized = np.asarray(image.crop(box).resize((out_size, out_size), Image.Resampling.BICUBIC), dtype=np.uint8)
+    out[...] = resized[:, ::-1] if view.flip else resized
+
+
+def render_view(image: np.ndarray | Image.Image, view: ViewParams, out_size: int) -> np.ndarray:
     """Crop, resize (bicubic) to `out_size` x `out_size`, then mirror if `view.flip`.
 
     Crop-then-resize matches torchvision `resized_crop` on PIL images; Pillow's `resize(box=...)` is avoided
     because its filter reads pixels outside the box.
 
     Args:
-        image: Stored image, uint8 [H, W, 3], as returned by `decode_stored_image`.
+        image: Stored image, uint8 [H, W, 3] as returned by `decode_stored_image`, or the RGB image of
+            `decode_stored_pil` (same pixels, no array copy).
         view: Crop and flip parameters in the image's coordinates.
         out_size: Side of the square output (224 for patch 16 and a 14x14 token grid).
 
     Returns:
         uint8 [out_size, out_size, 3].
     """
-    if image.dtype != np.uint8 or image.ndim != 3 or image.shape[2] != 3:
-        raise ValueError(f"expected uint8 [H, W, 3], got {image.dtype} {image.shape}")
-    view.check_inside(image.shape[0], image.shape[1])
-    box = (view.left, view.top, view.left + view.width, view.top + view.height)
-    resized = Image.fromarray(image).crop(box).resize((out_size, out_size), Image.Resampling.BICUBIC)
-    out = np.asarray(resized, dtype=np.uint8)
-    if view.flip:
-        out = out[:, ::-1]
-    return np.ascontiguousarray(out)
+    out = np.empty((out_size, out_size, 3), dtype=np.uint8)
+    _render_into(_as_rgb_image(image), view, out_size, out)
+    return out
+
+
+def render_views(image: np.ndarray | Image.Image, views: list[ViewParams], out_size: int) -> np.ndarray:
+    """All views of one image, uint8 [K, out_size, out_size, 3]; view k equals `render_view(image, views[k])`."""
+    pil = _as_rgb_image(image)
+    out = np.empty((len(views), out_size, out_size, 3), dtype=np.uint8)
+    for k, view in enumerate(views):
+        _render_into(pil, view, out_size, out[k])
+    return out
 
 
 def render_info(out_size: int) -> dict[str, str | int]:
@@ -215,33 +244,49 @@ def resize_short_side(image: np.ndarray, short_side: int = STORED_SHORT_SIDE) ->
     Smaller images are upscaled too, so every stored image has the same short side and view parameters mean
     the same relative scale across the data set.
     """
-    if image.dtype != np.uint8 or image.ndim != 3 or image.shape[2] != 3:
-        raise ValueError(f"expected uint8 [H, W, 3], got {image.dtype} {image.shape}")
-    height, width = image.shape[:2]
+    _check_rgb_array(image)
+    if min(image.shape[:2]) == short_side:
+        return image
+    return np.asarray(resize_short_side_image(Image.fromarray(image), short_side), dtype=np.uint8)
+
+
+def resize_short_side_image(image: Image.Image, short_side: int = STORED_SHORT_SIDE) -> Image.Image:
+    """`resize_short_side` on a PIL image (same pixels); returns `image` itself when no resize is needed."""
+    width, height = image.size
     if min(height, width) == short_side:
         return image
     factor = short_side / min(height, width)
     new_h = short_side if height <= width else max(short_side, int(round(height * factor)))
     new_w = short_side if width < height else max(short_side, int(round(width * factor)))
-    resized = Image.fromarray(image).resize((new_w, new_h), Image.Resampling.BICUBIC)
-    return np.asarray(resized, dtype=np.uint8)
+    return image.resize((new_w, new_h), Image.Resampling.BICUBIC)
 
 
-def encode_stored_image(image: np.ndarray) -> bytes:
-    """Encode uint8 [H, W, 3] as the stored JPEG (quality 95, 4:4:4, baseline, no metadata).
+def encode_stored_image(image: np.ndarray | Image.Image) -> bytes:
+    """Encode uint8 [H, W, 3] (or an RGB image) as the stored JPEG (quality 95, 4:4:4, baseline, no metadata).
 
-    The settings are fixed so the same array always gives the same bytes with one libjpeg build.
+    The settings are fixed so the same pixels always give the same bytes with one libjpeg build. An empty
+    comment keeps a comment in a PIL image's `info` (copied from its source file) out of the bytes.
     """
-    if image.dtype != np.uint8 or image.ndim != 3 or image.shape[2] != 3:
-        raise ValueError(f"expected uint8 [H, W, 3], got {image.dtype} {image.shape}")
     buffer = io.BytesIO()
-    Image.fromarray(image).save(
-        buffer, format="JPEG", quality=JPEG_QUALITY, subsampling=_JPEG_SUBSAMPLING, optimize=False, progressive=False
+    _as_rgb_image(image).save(
+        buffer,
+        format="JPEG",
+        quality=JPEG_QUALITY,
+        subsampling=_JPEG_SUBSAMPLING,
+        optimize=False,
+        progressive=False,
+        comment=b"",
     )
     return buffer.getvalue()
 
 
+def decode_stored_pil(data: bytes) -> Image.Image:
+    """Decode stored JPEG bytes to a loaded RGB image (the pixels of `decode_stored_image`, no array copy)."""
+    with Image.open(io.BytesIO(data), formats=["JPEG"]) as img:
+        img.load()
+        return img if img.mode == "RGB" else img.convert("RGB")
+
+
 def decode_stored_image(data: bytes) -> np.ndarray:
     """Decode stored JPEG bytes to uint8 [H, W, 3]; the only way either side may obtain render input."""
-    with Image.open(io.BytesIO(data), formats=["JPEG"]) as img:
-        return np.asarray(img.convert("RGB"), dtype=np.uint8)
+    return np.asarray(decode_stored_pil(data), dtype=np.uint8)
