@@ -25,8 +25,10 @@ from typing import Any
 
 import yaml
 
+# Tasks without text: they need no tokenizer.
+TEXT_FREE_TASKS = ("imagenet", "ade20k", "coco_detection")
 # Splits with ground truth that the release reports (VQAv2 test-dev/test-std are scored by EvalAI only).
-EVAL_SPLITS = {"imagenet": "val", "vqav2": "val"}
+EVAL_SPLITS = {"imagenet": "val", "vqav2": "val", "ade20k": "val"}
 DEFAULT_EVAL_SPLIT = "test"
 
 # Recipe key -> (section, field).
@@ -65,7 +67,7 @@ class DataSection:
     eval_batch_size: int | None = None
     """Default: 1.5 x the per-worker batch, as the release does."""
     eval_split: str | None = None
-    """Default: `val` for imagenet and vqav2, `test` otherwise."""
+    """Default: `val` for imagenet, vqav2 and ade20k, `test` otherwise."""
     train_split: str = "train"
     loader_workers: int = 0
     """DataLoader worker processes per rank (0 = load in the training process)."""
@@ -183,7 +185,7 @@ class FinetuneConfig:
             )
         if self.optim.head_lr_scale != 1.0 and self.optim.layer_decay != 1.0:
             raise ValueError("optim.head_lr_scale applies only without layer decay (optim.layer_decay: 1.0)")
-        if self.task != "imagenet" and not self.data.tokenizer:
+        if self.task not in TEXT_FREE_TASKS and not self.data.tokenizer:
             raise ValueError(f"task {self.task!r} reads text: set data.tokenizer to a SentencePiece model")
         unused = sorted(set(self.active_augmentations()) - set(self.task_augmentations()))
         if unused:
