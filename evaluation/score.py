@@ -28,6 +28,9 @@ Tasks and formats:
   "val/n01440764/ILSVRC2012_val_00000293.JPEG", "ILSVRC2012_val_00000293.JPEG" and "ILSVRC2012_val_00000293"
   are the same image. Returns `accuracy` (top-1), `top5_accuracy` when every prediction ranks >= 5 classes,
   and `num_images`.
+- `ade20k`: predictions = a zip file or folder of `<image stem>.png` label maps with the challenge ids 1..150;
+  annotations = the `annotations/<split>` folder of the ADEChallengeData2016 layout. Returns `mIoU`, `aAcc`,
+  `mAcc` (percent) and `num_images` (`evaluation.dense.segmentation.scoring`).
 """
 
 import csv
@@ -41,7 +44,7 @@ from evaluation.metrics.classification import nlvr2_scores, ranked_accuracy
 from evaluation.metrics.ids import check_same_ids, sample_ids
 from evaluation.metrics.vqa import vqa_accuracy
 
-TASKS = ("vqav2", "coco_captioning", "nocaps", "nlvr2", "imagenet")
+TASKS = ("vqav2", "coco_captioning", "nocaps", "nlvr2", "imagenet", "ade20k")
 
 
 class ScoreFileError(ValueError):
@@ -364,9 +367,16 @@ def _check_ids(path: Path, expected: Any, given: Any, what: str) -> None:
         raise ScoreFileError(path, str(error)) from error
 
 
+def _score_ade20k(predictions: Path, annotations: Path) -> dict[str, Any]:
+    from evaluation.dense.segmentation.scoring import score_label_maps
+
+    return score_label_maps(predictions, annotations)
+
+
 _SCORERS: dict[str, Callable[[Path, Path], dict[str, Any]]] = {
     "coco_captioning": _score_coco_captioning,
     "nocaps": _score_nocaps,
     "nlvr2": _score_nlvr2,
     "imagenet": _score_imagenet,
+    "ade20k": _score_ade20k,
 }  # vqav2 takes a third file and is dispatched on its own

@@ -210,3 +210,22 @@ def test_recipe_is_the_beit2_reference():
     assert recipes["large"]["lr"] == 4e-5 and recipes["large"]["layer_decay"] == 0.9
     assert recipes["base"]["img_size"] == 512 and recipes["base"]["batch_size"] == 16
     assert recipes["base"]["epochs"] == round(160_000 * 16 / 20_210)
+
+
+def test_beit3_score_prints_miou_aacc_macc(ade_root, tmp_path, capsys):
+    import json
+
+    from flows.cli import main
+
+    folder = tmp_path / "pred"
+    folder.mkdir()
+    for stem in ("ADE_val_00000001", "ADE_val_00000002"):
+        raw = np.array(Image.open(ade_root / "annotations" / "validation" / f"{stem}.png"))
+        Image.fromarray(np.where(raw == 0, 1, raw).astype(np.uint8)).save(folder / f"{stem}.png")
+    args = ["score", "ade20k", "--predictions", str(folder), "--annotations", str(ade_root / "annotations/validation")]
+    assert main(args) == 0
+    printed = json.loads(capsys.readouterr().out)
+    assert printed == {"mIoU": 100.0, "aAcc": 100.0, "mAcc": 100.0, "num_images": 2}
+    (folder / "ADE_val_00000002.png").unlink()
+    assert main(args) == 2
+    assert "no prediction for 1 annotated images" in capsys.readouterr().err
