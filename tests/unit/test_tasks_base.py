@@ -10,7 +10,7 @@ from evaluation.tasks import TASKS, get_task, layer_decay_groups
 from evaluation.tasks.base import default_collate, layer_ids, no_weight_decay
 
 EXPECTED_TASKS = {"imagenet", "vqav2", "nlvr2", "coco_captioning", "nocaps", "coco_retrieval", "flickr30k_retrieval"}
-EXPECTED_TASKS |= {"ade20k"}
+EXPECTED_TASKS |= {"ade20k", "coco_detection"}
 RECIPE_KEYS = {"img_size", "epochs", "warmup_epochs", "lr", "layer_decay", "weight_decay", "batch_size", "drop_path"}
 
 
