@@ -31,6 +31,11 @@ Tasks and formats:
 - `ade20k`: predictions = a zip file or folder of `<image stem>.png` label maps with the challenge ids 1..150;
   annotations = the `annotations/<split>` folder of the ADEChallengeData2016 layout. Returns `mIoU`, `aAcc`,
   `mAcc` (percent) and `num_images` (`evaluation.dense.segmentation.scoring`).
+- `coco_detection`: predictions = the official COCO result file, a list of {"image_id", "category_id",
+  "bbox" [x, y, w, h], "score"} with "segmentation" (compressed RLE) for masks; annotations =
+  `instances_val2017.json`. Returns pycocotools `COCOeval` stats in percent as `bbox_AP`, `bbox_AP50`, `bbox_AP75`,
+  `bbox_APs`/`m`/`l`, `bbox_AR1`/`10`/`100`, `bbox_ARs`/`m`/`l`, the same `segm_*` when every entry has a mask,
+  `num_detections` and the annotation counts (`evaluation.metrics.detection`).
 """
 
 import csv
@@ -44,7 +49,7 @@ from evaluation.metrics.classification import nlvr2_scores, ranked_accuracy
 from evaluation.metrics.ids import check_same_ids, sample_ids
 from evaluation.metrics.vqa import vqa_accuracy
 
-TASKS = ("vqav2", "coco_captioning", "nocaps", "nlvr2", "imagenet", "ade20k")
+TASKS = ("vqav2", "coco_captioning", "nocaps", "nlvr2", "imagenet", "ade20k", "coco_detection")
 
 
 class ScoreFileError(ValueError):
@@ -373,10 +378,26 @@ def _score_ade20k(predictions: Path, annotations: Path) -> dict[str, Any]:
     return score_label_maps(predictions, annotations)
 
 
+def _score_coco_detection(predictions: Path, annotations: Path) -> dict[str, Any]:
+    from evaluation.metrics.detection import check_instances, check_results, detection_metrics
+
+    try:
+        gt, counts = check_instances(_read_json(annotations), str(annotations))
+    except ValueError as error:
+        raise ScoreFileError(annotations, str(error).removeprefix(f"{annotations}: ")) from error
+    try:
+        results = check_results(_read_json(predictions), gt, str(predictions))
+    except ValueError as error:
+        raise ScoreFileError(predictions, str(error).removeprefix(f"{predictions}: ")) from error
+    iou_types = ("bbox", "segm") if results and all("segmentation" in r for r in results) else ("bbox",)
+    return detection_metrics(gt, results, iou_types) | {"annotation_counts": counts}
+
+
 _SCORERS: dict[str, Callable[[Path, Path], dict[str, Any]]] = {
     "coco_captioning": _score_coco_captioning,
     "nocaps": _score_nocaps,
     "nlvr2": _score_nlvr2,
     "imagenet": _score_imagenet,
     "ade20k": _score_ade20k,
+    "coco_detection": _score_coco_detection,
 }  # vqav2 takes a third file and is dispatched on its own

@@ -12,7 +12,7 @@ import sys
 from pathlib import Path
 
 # Kept in sync with evaluation.score.TASKS by a test; listed here so `beit3 --help` does not import evaluation.
-TASK_CHOICES = ("vqav2", "coco_captioning", "nocaps", "nlvr2", "imagenet", "ade20k")
+TASK_CHOICES = ("vqav2", "coco_captioning", "nocaps", "nlvr2", "imagenet", "ade20k", "coco_detection")
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:

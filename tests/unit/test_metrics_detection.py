@@ -174,3 +174,19 @@ def test_bad_results_name_file_and_entry(entry, message):
     gt, _ = check_instances(_gt(), "gt.json")
     with pytest.raises(ValueError, match=message):
         check_results([entry], gt, "r.json")
+
+
+def test_beit3_score_prints_bbox_and_segm_stats(tmp_path, capsys):
+    from flows.cli import main
+
+    gt_path, pred_path = tmp_path / "instances_val2017.json", tmp_path / "results.json"
+    gt_path.write_text(json.dumps(_gt()))
+    pred_path.write_text(json.dumps(_predictions(shift=8)))
+    args = ["score", "coco_detection", "--predictions", str(pred_path), "--annotations", str(gt_path)]
+    assert main(args) == 0
+    metrics = json.loads(capsys.readouterr().out)
+    assert metrics["bbox_AP"] == pytest.approx(36.36, abs=5e-3) and metrics["segm_AP"] == pytest.approx(36.36, abs=5e-3)
+    assert metrics["bbox_ARl"] == pytest.approx(60.0) and metrics["annotation_counts"]["crowd"] == 1
+    pred_path.write_text(json.dumps([{"image_id": 999, "category_id": 1, "bbox": [0, 0, 1, 1], "score": 1.0}]))
+    assert main(args) == 2
+    assert f"{pred_path}: result 0: unknown image_id 999" in capsys.readouterr().err
