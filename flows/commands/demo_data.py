@@ -55,4 +55,12 @@ def run(args: argparse.Namespace) -> int:
     benchmarks = build_miniature_benchmarks(args.out, args.benchmarks_out, force=args.force)
     sizes = ", ".join(f"{name} {sum(task['counts'].values())}" for name, task in benchmarks["tasks"].items())
     print(f"miniature benchmarks in {Path(args.benchmarks_out).resolve()}: {sizes}")
+
+    from evaluation.miniature_coco import build_coco_instances_miniature
+
+    coco = build_coco_instances_miniature(args.benchmarks_out, force=args.force)
+    print(
+        f"miniature COCO instances in {coco['root'].resolve()}: {coco['counts']['train']['images']} train, "
+        f"{coco['counts']['val']['images']} val images (Tux Paint cut-outs on real photos)"
+    )
     return 0
