@@ -205,3 +205,42 @@ class CategoryMap:
 
     def to_coco(self, index: int) -> int:
         return self.coco_ids[int(index)]
+
+
+def full_image_baseline(gt: Mapping[str, Any]) -> list[dict[str, Any]]:
+    """The trivial predictor the detector is compared with: for every image, one detection per category that
+    has a (non-crowd) object in it, whose box and mask are the whole image (score 1). It knows which categories
+    are present, which a detector must find out, and nothing about where they are."""
+    sizes = {img["id"]: (img["height"], img["width"]) for img in gt["images"]}
+    present = sorted({(a["image_id"], a["category_id"]) for a in gt["annotations"] if not a["iscrowd"]})
+    results = []
+    for image_id, category_id in present:
+        height, width = sizes[image_id]
+        mask = np.ones((height, width), dtype=bool)
+        box = [0.0, 0.0, float(width), float(height)]
+        results.append({"image_id": image_id, "category_id": category_id, "bbox": box, "score": 1.0})
+        results[-1]["segmentation"] = encode_mask(mask)
+    return results
+
+
+def random_boxes_baseline(gt: Mapping[str, Any], per_image: int = 100, seed: int = 0) -> list[dict[str, Any]]:
+    """A second trivial predictor: per image `per_image` uniformly random boxes (side 8 px to the image size)
+    labelled with random categories among those present, random scores, masks = the boxes."""
+    rng = np.random.default_rng(seed)
+    present: dict[int, list[int]] = {}
+    for a in gt["annotations"]:
+        if not a["iscrowd"] and a["category_id"] not in present.setdefault(a["image_id"], []):
+            present[a["image_id"]].append(a["category_id"])
+    results = []
+    for img in sorted(gt["images"], key=lambda i: i["id"]):
+        categories = sorted(present.get(img["id"], []))
+        height, width = img["height"], img["width"]
+        for _ in range(per_image if categories else 0):
+            w, h = rng.uniform(8, width), rng.uniform(8, height)
+            x, y = rng.uniform(0, width - w), rng.uniform(0, height - h)
+            mask = np.zeros((height, width), dtype=bool)
+            mask[int(y) : int(np.ceil(y + h)), int(x) : int(np.ceil(x + w))] = True
+            category = categories[int(rng.integers(len(categories)))]
+            entry = {"image_id": img["id"], "category_id": category, "bbox": [x, y, w, h], "score": float(rng.random())}
+            results.append(entry | {"segmentation": encode_mask(mask)})
+    return results

@@ -21,6 +21,8 @@ from evaluation.metrics.detection import (
     decode_segmentation,
     detection_metrics,
     encode_mask,
+    full_image_baseline,
+    random_boxes_baseline,
 )
 
 OBJECTS = [  # (id, image, category, x, y, side)
@@ -190,3 +192,22 @@ def test_beit3_score_prints_bbox_and_segm_stats(tmp_path, capsys):
     pred_path.write_text(json.dumps([{"image_id": 999, "category_id": 1, "bbox": [0, 0, 1, 1], "score": 1.0}]))
     assert main(args) == 2
     assert f"{pred_path}: result 0: unknown image_id 999" in capsys.readouterr().err
+
+
+def test_full_image_baseline_one_whole_image_detection_per_present_category():
+    gt, _ = check_instances(_gt(), "gt.json")
+    results = full_image_baseline(gt)
+    assert [(r["image_id"], r["category_id"]) for r in results] == [(139, 1), (139, 18), (285, 1), (285, 18)]
+    assert all(r["bbox"] == [0.0, 0.0, 320.0, 240.0] for r in results)
+    assert decode_segmentation(results[0]["segmentation"], 240, 320).all()
+    # Whole-image boxes overlap the 120 x 120 dog by 14400 / 76800 < 0.5: no match at any threshold.
+    assert coco_stats(gt, results, "bbox")[1] == 0.0
+
+
+def test_random_boxes_baseline_is_seeded_and_stays_in_the_image():
+    gt, _ = check_instances(_gt(), "gt.json")
+    results = random_boxes_baseline(gt, per_image=20, seed=1)
+    assert len(results) == 40 and results == random_boxes_baseline(gt, per_image=20, seed=1)
+    for r in results:
+        x, y, w, h = r["bbox"]
+        assert 0 <= x and x + w <= 320 and 0 <= y and y + h <= 240 and r["category_id"] in (1, 18)
