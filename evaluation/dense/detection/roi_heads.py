@@ -57,6 +57,12 @@ def conv_norm_relu(in_channels: int, out_channels: int) -> nn.Sequential:
     )
 
 
+def conv_stack(in_channels: int, dim: int, num_convs: int) -> tuple[nn.Sequential, int]:
+    """`num_convs` conv + LN + ReLU blocks of width `dim`; returns them and their output channels."""
+    blocks = [conv_norm_relu(in_channels if i == 0 else dim, dim) for i in range(num_convs)]
+    return nn.Sequential(*blocks), dim if num_convs else in_channels
+
+
 class MultiLevelRoIAlign(nn.Module):
     """Pools each box from its FPN level (detectron2 `ROIPooler` with ROIAlignV2)."""
 
@@ -83,11 +89,7 @@ class BoxHead(nn.Module):
 
     def __init__(self, cfg: ROIHeadsConfig, channels: int, num_classes: int):
         super().__init__()
-        convs, width = [], channels
-        for _ in range(cfg.num_box_convs):
-            convs.append(conv_norm_relu(width, cfg.conv_dim))
-            width = cfg.conv_dim
-        self.convs = nn.Sequential(*convs)
+        self.convs, width = conv_stack(channels, cfg.conv_dim, cfg.num_box_convs)
         self.fc = nn.Linear(width * cfg.box_pool_size**2, cfg.fc_dim)
         self.cls_score = nn.Linear(cfg.fc_dim, num_classes + 1)
         self.bbox_pred = nn.Linear(cfg.fc_dim, 4 * num_classes)
@@ -106,11 +108,7 @@ class MaskHead(nn.Module):
 
     def __init__(self, cfg: ROIHeadsConfig, channels: int, num_classes: int):
         super().__init__()
-        convs, width = [], channels
-        for _ in range(cfg.num_mask_convs):
-            convs.append(conv_norm_relu(width, cfg.conv_dim))
-            width = cfg.conv_dim
-        self.convs = nn.Sequential(*convs)
+        self.convs, width = conv_stack(channels, cfg.conv_dim, cfg.num_mask_convs)
         self.deconv = nn.ConvTranspose2d(width, cfg.conv_dim, 2, stride=2)
         self.predictor = nn.Conv2d(cfg.conv_dim, num_classes, 1)
         nn.init.normal_(self.predictor.weight, std=0.001)
