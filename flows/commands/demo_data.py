@@ -63,4 +63,12 @@ def run(args: argparse.Namespace) -> int:
         f"miniature COCO instances in {coco['root'].resolve()}: {coco['counts']['train']['images']} train, "
         f"{coco['counts']['val']['images']} val images (Tux Paint cut-outs on real photos)"
     )
+
+    from evaluation.miniature_dense import build_ade20k_miniature
+
+    ade = build_ade20k_miniature(Path(args.benchmarks_out) / "ade20k", force=args.force)
+    print(
+        f"miniature ADE20K in {ade['root'].resolve()}: {ade['counts']['train']['images']} train, "
+        f"{ade['counts']['val']['images']} val images (Tux Paint cut-outs on real photos)"
+    )
     return 0
