@@ -37,7 +37,7 @@ from beit3_core.checkpoint import _atomic_write
 from evaluation.dense.backbone import dense_config
 from evaluation.dense.segmentation.inference import predict_probabilities
 from evaluation.dense.segmentation.transforms import IGNORE_INDEX
-from evaluation.dense.upernet import SegmentationModel
+from evaluation.dense.upernet import AUX_CHANNELS, SegmentationModel
 from evaluation.metrics.segmentation import confusion_matrix, segmentation_metrics
 from evaluation.tasks.ade20k_data import ADE20KDataset
 from evaluation.tasks.base import Batch, Record, Task, default_collate, register
@@ -63,10 +63,22 @@ class ADE20KTask(Task):
     recipes = RECIPES
     selection_key = "mIoU"
 
-    def build_model(self, backbone_name: str, num_classes: int = 150, dense: Any = None, **overrides: Any) -> nn.Module:
-        """BEiT-3 (no final norm) + pyramid + UperNet; `dense` = `DenseConfig` fields (default "beit2")."""
+    def build_model(
+        self,
+        backbone_name: str,
+        num_classes: int = 150,
+        dense: Any = None,
+        channels: int | None = None,
+        aux_channels: int = AUX_CHANNELS,
+        **overrides: Any,
+    ) -> nn.Module:
+        """BEiT-3 (no final norm) + pyramid + UperNet + FCN auxiliary head.
+
+        Head options: `dense` = `DenseConfig` fields (default the "beit2" pyramid); `channels` = UperNet width
+        (default the embed dim, as the reference); `aux_channels` = auxiliary head width (256).
+        """
         backbone = beit3_core.build_model(backbone_name, **(overrides | {"normalize_output": False}))
-        return SegmentationModel(backbone, num_classes, dense_config(dense))
+        return SegmentationModel(backbone, num_classes, dense_config(dense), channels, aux_channels)
 
     def dataset(self, split: str, root: str | Path, tokenizer: Any, img_size: int, **options: Any) -> ADE20KDataset:
         """The crop and the sliding window default to the model's `img_size` (512 in the recipe)."""
