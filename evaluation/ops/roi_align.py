@@ -7,12 +7,14 @@ ceil(box size / output size) per side when `sampling_ratio <= 0` (adaptive), and
 outside the map is zero while one within a pixel of the border is clamped to it.
 
 The adaptive grid differs per box; here every box samples the largest grid and the samples a box does not own
-get weight zero, so the whole op is four gathers and a weighted sum (differentiable in the features).
+get weight zero. Samples are drawn per image with one `grid_sample` call and averaged with separable weights,
+so forward and backward run in torch's native kernels.
 """
 
 from __future__ import annotations
 
 import torch
+import torch.nn.functional as F
 
 
 def roi_align(
@@ -73,26 +75,36 @@ def _roi_align_chunk(
 
     y_KPG, y_valid = _sample_coords(start_y, bin_h, grid_h, ph, max_gh)  # [K, PH, GH]
     x_KPG, x_valid = _sample_coords(start_x, bin_w, grid_w, pw, max_gw)  # [K, PW, GW]
-    count = (grid_h * grid_w).clamp(min=1.0)  # [K]
-
-    y = y_KPG[:, :, :, None, None]  # [K, PH, GH, 1, 1]
-    x = x_KPG[:, None, None, :, :]  # [K, 1, 1, PW, GW]
-    inside = (y >= -1.0) & (y <= height) & (x >= -1.0) & (x <= width)
-    weight = inside & y_valid[:, :, :, None, None] & x_valid[:, None, None, :, :]  # [K, PH, GH, PW, GW]
-    weight = weight.to(features.dtype) / count[:, None, None, None, None]
-
-    y_low, y_high, ly = _corners(y_KPG.clamp(min=0.0), height)  # [K, PH, GH]
-    x_low, x_high, lx = _corners(x_KPG.clamp(min=0.0), width)  # [K, PW, GW]
-    flat = features.permute(0, 2, 3, 1).reshape(n * height * width, c)  # [N*H*W, C]
-    base = rois[:, 0].long()[:, None, None, None, None] * (height * width)
-    out = 0
-    for yi, wy in ((y_low, 1 - ly), (y_high, ly)):
-        for xi, wx in ((x_low, 1 - lx), (x_high, lx)):
-            index = base + yi[:, :, :, None, None] * width + xi[:, None, None, :, :]  # [K, PH, GH, PW, GW]
-            w = weight * wy[:, :, :, None, None] * wx[:, None, None, :, :]
-            values = flat[index.reshape(-1)].reshape(*index.shape, c)  # [K, PH, GH, PW, GW, C]
-            out = out + (values * w[..., None]).sum(dim=(2, 4))  # [K, PH, PW, C]
-    return out.permute(0, 3, 1, 2).contiguous()  # [K, C, PH, PW]
+    # A sample more than one pixel outside the map is zero; the rest are clamped to the border pixels.
+    # Everything is separable in y and x, so each axis gets one weight: inside * own grid / grid size.
+    wy = ((y_KPG >= -1.0) & (y_KPG <= height) & y_valid).to(features.dtype) / grid_h.clamp(min=1.0)[:, None, None]
+    wx = ((x_KPG >= -1.0) & (x_KPG <= width) & x_valid).to(features.dtype) / grid_w.clamp(min=1.0)[:, None, None]
+    # Clamped to pixel centres, bilinear sampling is grid_sample with align_corners=True (-1 / +1 = first / last
+    # centre); its native kernel and backward replace four gathers.
+    gy = y_KPG.clamp(0.0, height - 1) / max(height - 1, 1) * 2 - 1
+    gx = x_KPG.clamp(0.0, width - 1) / max(width - 1, 1) * 2 - 1
+    # Sample grid of every box: [K, PH * GH, PW * GW, 2] as (x, y).
+    grid = torch.stack(
+        [
+            gx.reshape(len(rois), 1, -1).expand(-1, ph * max_gh, -1),
+            gy.reshape(len(rois), -1, 1).expand(-1, -1, pw * max_gw),
+        ],
+        dim=-1,
+    )
+    image_index = rois[:, 0].long()
+    if n == len(rois) and torch.equal(image_index, torch.arange(n, device=image_index.device)):
+        # One box per map (e.g. cropping each ground-truth mask by its box): one batched call.
+        samples = F.grid_sample(features, grid, mode="bilinear", align_corners=True)  # [K, C, PH*GH, PW*GW]
+        samples = samples.view(n, c, ph, max_gh, pw, max_gw)
+        return torch.einsum("kcaybx,kay,kbx->kcab", samples, wy, wx)
+    out = features.new_zeros(len(rois), c, ph, pw)
+    for b in torch.unique(image_index).tolist():
+        k = torch.nonzero(image_index == b).squeeze(1)
+        # All boxes of image b stacked along the output height of one call.
+        samples = F.grid_sample(features[b : b + 1], grid[k].reshape(1, -1, pw * max_gw, 2), align_corners=True)
+        samples = samples.view(c, len(k), ph, max_gh, pw, max_gw)
+        out[k] = torch.einsum("ckaybx,kay,kbx->kcab", samples, wy[k], wx[k])
+    return out
 
 
 def _sample_coords(
@@ -105,15 +117,6 @@ def _sample_coords(
     coords = start[:, None, None] + p * bin_size[:, None, None] + (g + 0.5) * bin_size[:, None, None] / grid_
     valid = g < grid[:, None, None]
     return coords, valid.expand_as(coords)
-
-
-def _corners(coord: torch.Tensor, size: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Lower and upper neighbour indices and the fraction toward the upper one (clamped at the last pixel)."""
-    low = coord.floor().long().clamp(max=size - 1)
-    at_edge = low >= size - 1
-    high = torch.where(at_edge, low, low + 1)
-    frac = torch.where(at_edge, torch.zeros_like(coord), coord - low.to(coord.dtype))
-    return low, high, frac
 
 
 def level_of_boxes(boxes: torch.Tensor, min_level: int, max_level: int, canonical_size: float = 224.0) -> torch.Tensor:

@@ -106,3 +106,12 @@ def test_level_of_boxes_follows_the_fpn_rule():
     sides = torch.tensor([224.0, 112.0, 448.0, 10.0, 2000.0])
     boxes = torch.stack([torch.zeros(5), torch.zeros(5), sides, sides], dim=1)
     assert level_of_boxes(boxes, 2, 5).tolist() == [4, 3, 5, 2, 5]
+
+
+def test_one_box_per_map_path_matches_bruteforce():
+    generator = torch.Generator().manual_seed(5)
+    masks = torch.rand(4, 1, 12, 10, generator=generator, dtype=torch.float64)
+    rois = _random_rois(generator, 4, 4, 12, 10, 1.0)[:4]
+    rois[:, 0] = torch.arange(4, dtype=torch.float64)  # box i crops map i
+    got = roi_align(masks, rois, 5, sampling_ratio=0)
+    torch.testing.assert_close(got, _reference(masks, rois, 5, 5, 1.0, 0, True), rtol=1e-10, atol=1e-10)
