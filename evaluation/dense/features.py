@@ -31,7 +31,7 @@ _DEPTH_FRACTIONS = (1 / 3, 1 / 2, 2 / 3, 1.0)
 def default_out_indices(num_layers: int) -> tuple[int, ...]:
     """Block indices (0-based) of the BEiT v2 reference: [3, 5, 7, 11] for 12 layers, [7, 11, 15, 23] for 24.
 
-    Other depths scale the same fractions (tiny, 4 layers: [0, 1, 2, 3]).
+    Other depths scale the same fractions (tiny, 4 layers: [0, 1, 2, 3]; 2 layers: [0, 0, 0, 1]).
     """
     if num_layers < 1:
         raise ValueError(f"num_layers must be >= 1, got {num_layers}")
@@ -65,29 +65,29 @@ def block_feature_maps(beit3: BEiT3, image: torch.Tensor, out_indices: Sequence[
     Args:
         beit3: The backbone (built with `normalize_output=False`; the final norm is not used here).
         image: [B, 3, H, W], H and W multiples of the patch size (pad first; `pad_to_multiple`).
-        out_indices: 0-based block indices, increasing.
+        out_indices: 0-based block indices, non-decreasing (a block may feed several levels).
     """
     patch = beit3.config.patch_size
     if image.ndim != 4 or image.shape[-2] % patch or image.shape[-1] % patch:
         raise ValueError(f"image must be [B, C, H, W] with H, W multiples of {patch}, got {tuple(image.shape)}")
     num_layers = len(beit3.encoder.layers)
-    if list(out_indices) != sorted(set(out_indices)) or not 0 <= out_indices[0] <= out_indices[-1] < num_layers:
-        raise ValueError(f"out_indices must increase within [0, {num_layers}), got {list(out_indices)}")
+    if list(out_indices) != sorted(out_indices) or not 0 <= out_indices[0] <= out_indices[-1] < num_layers:
+        raise ValueError(f"out_indices must not decrease and lie in [0, {num_layers}), got {list(out_indices)}")
     grid_h, grid_w = image.shape[-2] // patch, image.shape[-1] // patch
     x_BND = beit3.vision_embed(image)  # [B, 1 + h*w, D]
     x_BND = beit3.dropout(x_BND + vision_positions(beit3, grid_h, grid_w))
     segments, experts = [x_BND], [VISION]
-    wanted = set(out_indices)
-    maps = []
+    maps = {}
     for index, layer in enumerate(beit3.encoder.layers[: out_indices[-1] + 1]):
         if beit3.grad_checkpointing and beit3.training:
             segments = checkpoint(layer, segments, experts, experts, None, use_reentrant=False)
         else:
             segments = layer(segments, experts, experts, None)
-        if index in wanted:
+        if index in out_indices:
             patches_BND = segments[0][:, 1:]
-            maps.append(patches_BND.transpose(1, 2).reshape(x_BND.shape[0], -1, grid_h, grid_w))
-    return maps
+            maps[index] = patches_BND.transpose(1, 2).reshape(x_BND.shape[0], -1, grid_h, grid_w)
+    # Shallow models may read one block for several levels.
+    return [maps[index] for index in out_indices]
 
 
 def pad_to_multiple(image: torch.Tensor, multiple: int, value: float = 0.0) -> torch.Tensor:

@@ -24,6 +24,7 @@ def test_default_blocks_follow_the_reference():
     assert default_out_indices(12) == (3, 5, 7, 11)  # BEiT v2 base
     assert default_out_indices(24) == (7, 11, 15, 23)  # BEiT v2 large
     assert default_out_indices(4) == (0, 1, 2, 3)  # tiny: same fractions of the depth
+    assert default_out_indices(2) == (0, 0, 0, 1)  # shallow: a block feeds several levels
 
 
 @pytest.mark.parametrize("name", sorted(PYRAMIDS))
@@ -75,6 +76,13 @@ def test_positions_are_resized_bicubically_to_the_input_grid():
     resized = vision_positions(model.beit3, 5, 9)[0]
     assert resized.shape == (1 + 45, 64)
     assert torch.allclose(resized[1:], torch.full((45, 64), 0.25), atol=1e-6)
+
+
+def test_a_two_layer_model_reads_one_block_for_three_levels():
+    model = build_dense_backbone("beit3_tiny", DenseConfig(), **(SMALL | {"num_layers": 2})).eval()
+    with torch.no_grad():
+        levels = model(torch.randn(1, 3, 64, 96))
+    assert model.out_indices == (0, 0, 0, 1) and levels["p2"].shape == (1, 64, 16, 24)
 
 
 def test_input_not_a_multiple_of_the_patch_size_is_an_error():
