@@ -175,7 +175,6 @@ class CocoDetectionTask(Task):
     recipes = RECIPES
     selection_key = "bbox_AP"
     dataset_augmentations = ()
-    reads_text = False
 
     def build_model(
         self, backbone_name: str, num_classes: int = 80, detector: dict | None = None, **overrides: Any
