@@ -193,6 +193,16 @@ def _png(array: np.ndarray, fmt: str = "PNG") -> bytes:
     return buffer.getvalue()
 
 
+def reuse_or_reset(root: Path, params: dict[str, Any], force: bool) -> dict[str, Any] | None:
+    """The finished build under `root` when its manifest holds `params` (and not `force`), else None after
+    removing the manifest, so a build that dies midway never looks finished."""
+    manifest = _read_manifest(root)
+    if not force and manifest and manifest["parameters"] == params:
+        return {"root": root, "built": False, "counts": manifest["summary"]}
+    (root / MANIFEST).unlink(missing_ok=True)
+    return None
+
+
 def build_ade20k_miniature(
     out_root: str | Path,
     seed: int = 0,
@@ -211,10 +221,9 @@ def build_ade20k_miniature(
     root = Path(out_root) / "ADEChallengeData2016"
     params = {"version": VERSION, "seed": seed, "num_train": num_train, "num_val": num_val, "size": list(size)}
     params |= {"categories": list(categories)}
-    manifest = _read_manifest(root)
-    if not force and manifest and manifest["parameters"] == params:
-        return {"root": root, "built": False, "counts": manifest["summary"]}
-    (root / MANIFEST).unlink(missing_ok=True)
+    previous = reuse_or_reset(root, params, force)
+    if previous is not None:
+        return previous
     stamps = split_stamps(load_stamps(stamps_root, categories))
     backgrounds = load_backgrounds()
     label_of = {category: 2 + i for i, category in enumerate(categories)}
