@@ -229,3 +229,16 @@ def test_beit3_score_prints_miou_aacc_macc(ade_root, tmp_path, capsys):
     (folder / "ADE_val_00000002.png").unlink()
     assert main(args) == 2
     assert "no prediction for 1 annotated images" in capsys.readouterr().err
+
+
+def test_majority_class_baseline(ade_root):
+    from evaluation.dense.segmentation.baseline import majority_class_baseline
+
+    task = get_task("ade20k")
+    train, val = (task.dataset(split, ade_root, None, 32) for split in ("train", "val"))
+    baseline = majority_class_baseline(train, val)
+    # Classes 0, 1 and 149 tie on the training pixels; the first (0, "class1") is predicted everywhere:
+    # IoU 1/3 for class 0 (it covers a third of the labelled pixels), 0 for the two others.
+    assert baseline["majority_class"] == "class1" and baseline["num_images"] == 2
+    assert baseline["mIoU"] == pytest.approx(100 / 9) and baseline["aAcc"] == pytest.approx(100 / 3)
+    assert baseline["mAcc"] == pytest.approx(100 / 3)
