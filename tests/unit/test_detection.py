@@ -126,6 +126,13 @@ def test_micro_detector_trains_and_predicts_official_records(tmp_path):
     assert set(metrics) >= {"loss_rpn_cls", "loss_rpn_loc", "loss_cls", "loss_box_reg", "loss_mask"}
     loss.backward()
     assert model.beit3.encoder.layers[0].ffn.A.fc1.weight.grad.abs().sum() > 0
+    # An image whose crop removed every object still trains (all its boxes are background).
+    empty = dict(train[0], boxes=torch.zeros(0, 4), classes=torch.zeros(0, dtype=torch.long))
+    empty["masks"] = torch.zeros(0, 64, 64, dtype=torch.bool)
+    loss, metrics = task.loss(model, task.collate([empty, train[1]]))
+    assert torch.isfinite(loss)
+    loss, _ = task.loss(model, task.collate([empty, empty]))
+    assert torch.isfinite(loss)
     val = task.dataset("val", tmp_path, None, 64)
     model.eval()
     records = task.predict(model, task.collate([val[0], val[1]]))

@@ -136,10 +136,15 @@ class ROIHeads(nn.Module):
         """Training losses; `targets` per image: `boxes` [M, 4], `classes` [M] (0..K-1), `masks` [M, H, W]."""
         boxes, classes, matched_gt = self._sample(proposals, targets)
         logits, deltas = self.box_head(self.box_pooler(features, boxes))
-        labels = torch.cat(classes)  # K = background
+        labels, ref = torch.cat(classes), torch.cat(boxes)  # label K = background
         foreground = torch.nonzero(labels < self.num_classes).squeeze(1)
-        gt_boxes = torch.cat([t["boxes"][m] for t, m in zip(targets, matched_gt, strict=True)])
-        ref = torch.cat(boxes)
+        # An image whose objects the crop removed has no ground truth: its boxes are all background.
+        gt_boxes = torch.cat(
+            [
+                t["boxes"][m] if len(t["boxes"]) else ref.new_zeros(len(m), 4)
+                for t, m in zip(targets, matched_gt, strict=True)
+            ]
+        )
         target_deltas = self.coder.encode(ref[foreground], gt_boxes[foreground])
         fg_deltas = deltas.view(len(ref), self.num_classes, 4)[foreground, labels[foreground]]
         losses = {
