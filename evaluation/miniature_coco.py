@@ -28,7 +28,7 @@ from typing import Any
 import contourpy
 import numpy as np
 
-from evaluation.miniature import _read_manifest, _write_bytes, _write_text
+from evaluation.miniature import _write_bytes, _write_text
 from evaluation.miniature_dense import (
     CATEGORIES,
     TUXPAINT_STAMPS,
@@ -37,6 +37,7 @@ from evaluation.miniature_dense import (
     compose_scenes,
     load_backgrounds,
     load_stamps,
+    reuse_or_reset,
     split_stamps,
 )
 
@@ -60,10 +61,9 @@ def build_coco_instances_miniature(
     root = Path(out_root) / "coco_instances"
     params = {"version": VERSION, "seed": seed, "num_train": num_train, "num_val": num_val, "size": list(size)}
     params |= {"categories": list(categories), "crowd_every": CROWD_EVERY}
-    manifest = _read_manifest(root)
-    if not force and manifest and manifest["parameters"] == params:
-        return {"root": root, "built": False, "counts": manifest["summary"]}
-    (root / MANIFEST).unlink(missing_ok=True)
+    previous = reuse_or_reset(root, params, force)
+    if previous is not None:
+        return previous
     stamps = split_stamps(load_stamps(stamps_root, categories))
     backgrounds = load_backgrounds()
     counts: dict[str, Any] = {}
