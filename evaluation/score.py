@@ -338,8 +338,31 @@ def _is_int(value: Any) -> bool:
     return isinstance(value, int) and not isinstance(value, bool)
 
 
+def _score_ade20k(predictions: Path, annotations: Path) -> dict[str, Any]:
+    from evaluation.dense.segmentation.scoring import score_label_maps
+
+    return score_label_maps(predictions, annotations)
+
+
+def _score_coco_detection(predictions: Path, annotations: Path) -> dict[str, Any]:
+    from evaluation.metrics.detection import check_instances, check_results, detection_metrics
+
+    try:
+        gt, counts = check_instances(read_json(annotations), str(annotations))
+    except ValueError as error:
+        raise ScoreFileError(annotations, str(error).removeprefix(f"{annotations}: ")) from error
+    try:
+        results = check_results(read_json(predictions), gt, str(predictions))
+    except ValueError as error:
+        raise ScoreFileError(predictions, str(error).removeprefix(f"{predictions}: ")) from error
+    iou_types = ("bbox", "segm") if results and all("segmentation" in r for r in results) else ("bbox",)
+    return detection_metrics(gt, results, iou_types) | {"annotation_counts": counts}
+
+
 _SCORERS: dict[str, Callable[[Path, Path], dict[str, Any]]] = {
     "coco_captioning": _score_coco_captioning,
     "nocaps": _score_nocaps,
     "nlvr2": _score_nlvr2,
+    "ade20k": _score_ade20k,
+    "coco_detection": _score_coco_detection,
 }  # the tasks with options (vqav2, imagenet, retrieval) are dispatched on their own

@@ -4,7 +4,17 @@ Kept free of heavy imports: `beit3 score --help` prints these texts without load
 (`evaluation.score`, `evaluation.score_retrieval`) implement exactly what is written here.
 """
 
-TASKS = ("vqav2", "coco_captioning", "nocaps", "nlvr2", "imagenet", "coco_retrieval", "flickr30k_retrieval")
+TASKS = (
+    "vqav2",
+    "coco_captioning",
+    "nocaps",
+    "nlvr2",
+    "imagenet",
+    "coco_retrieval",
+    "flickr30k_retrieval",
+    "ade20k",
+    "coco_detection",
+)
 
 FORMATS = {
     "vqav2": (
@@ -56,6 +66,18 @@ FORMATS = {
         "The zero-shot retrieval units are meant to read the same files."
     ),
     "flickr30k_retrieval": "as coco_retrieval, with dataset_flickr30k.json and imgid image ids.",
+    "ade20k": (
+        "predictions = a zip file or folder of <image stem>.png label maps with the challenge ids 1..150 "
+        "(0 = other, not scored); annotations = the annotations/<split> folder of the ADEChallengeData2016 "
+        "layout. Prints mIoU, aAcc, mAcc (percent, from one dataset-level confusion matrix) and num_images."
+    ),
+    "coco_detection": (
+        "predictions = the official COCO result file, a JSON list of {image_id, category_id, bbox [x, y, w, "
+        "h], score} with segmentation (compressed RLE, counts as a string) for masks; annotations = "
+        "instances_val2017.json. Scored only by pycocotools COCOeval: prints bbox_AP, bbox_AP50, bbox_AP75, "
+        "bbox_APs/m/l, bbox_AR1/10/100, bbox_ARs/m/l, the same segm_* when every entry has a mask (percent), "
+        "num_detections and the annotation counts."
+    ),
 }
 
 # Options that only some tasks read: option name -> tasks.

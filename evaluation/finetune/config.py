@@ -25,8 +25,6 @@ from typing import Any
 
 import yaml
 
-# Splits with ground truth that the release reports (VQAv2 test-dev/test-std are scored by EvalAI only).
-
 # Recipe key -> (section, field).
 RECIPE_FIELDS = {
     "epochs": ("run", "epochs"),
@@ -63,7 +61,7 @@ class DataSection:
     eval_batch_size: int | None = None
     """Default: 1.5 x the per-worker batch, as the release does."""
     eval_split: str | None = None
-    """Default: `val` for imagenet and vqav2, `test` otherwise."""
+    """Default: `val` for imagenet, vqav2 and ade20k, `test` otherwise."""
     train_split: str = "train"
     loader_workers: int = 0
     """DataLoader worker processes per rank (0 = load in the training process)."""

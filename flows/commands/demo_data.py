@@ -55,4 +55,20 @@ def run(args: argparse.Namespace) -> int:
     benchmarks = build_miniature_benchmarks(args.out, args.benchmarks_out, force=args.force)
     sizes = ", ".join(f"{name} {sum(task['counts'].values())}" for name, task in benchmarks["tasks"].items())
     print(f"miniature benchmarks in {Path(args.benchmarks_out).resolve()}: {sizes}")
+
+    from evaluation.miniature_coco import build_coco_instances_miniature
+
+    coco = build_coco_instances_miniature(args.benchmarks_out, force=args.force)
+    print(
+        f"miniature COCO instances in {coco['root'].resolve()}: {coco['counts']['train']['images']} train, "
+        f"{coco['counts']['val']['images']} val images (Tux Paint cut-outs on real photos)"
+    )
+
+    from evaluation.miniature_dense import build_ade20k_miniature
+
+    ade = build_ade20k_miniature(Path(args.benchmarks_out) / "ade20k", force=args.force)
+    print(
+        f"miniature ADE20K in {ade['root'].resolve()}: {ade['counts']['train']['images']} train, "
+        f"{ade['counts']['val']['images']} val images (Tux Paint cut-outs on real photos)"
+    )
     return 0

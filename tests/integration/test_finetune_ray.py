@@ -7,7 +7,6 @@ BEiT-3 (64 wide, 2 layers, 32 px) with a SentencePiece model trained here. One l
 
 import json
 import math
-import os
 from pathlib import Path
 
 import mlflow
@@ -31,18 +30,6 @@ pytestmark = pytest.mark.slow
 
 MICRO = {"embed_dim": 64, "num_layers": 2, "num_heads": 4, "ffn_dim": 128, "patch_size": 16}
 EXPERIMENT = "finetune-test"
-
-
-@pytest.fixture(scope="module")
-def ray_local():
-    import ray
-
-    os.environ.setdefault("RAY_AUTH_MODE", "disabled")
-    # The Train controller polls its workers every 2 s by default: most of a micro run's wall time here.
-    os.environ.setdefault("RAY_TRAIN_HEALTH_CHECK_INTERVAL_S", "0.2")
-    ray.init(address="local", num_cpus=3, include_dashboard=False, log_to_driver=False, object_store_memory=300 << 20)
-    yield
-    ray.shutdown()
 
 
 @pytest.fixture(scope="module")

@@ -10,14 +10,15 @@ from evaluation.tasks import TASKS, get_task, layer_decay_groups
 from evaluation.tasks.base import default_collate, layer_ids, no_weight_decay
 
 EXPECTED_TASKS = {"imagenet", "vqav2", "nlvr2", "coco_captioning", "nocaps", "coco_retrieval", "flickr30k_retrieval"}
+EXPECTED_TASKS |= {"ade20k", "coco_detection"}
 RECIPE_KEYS = {"img_size", "epochs", "warmup_epochs", "lr", "layer_decay", "weight_decay", "batch_size", "drop_path"}
 
 
-def test_registry_holds_the_seven_tasks():
+def test_registry_holds_the_benchmark_tasks():
     assert set(TASKS) == EXPECTED_TASKS
     assert get_task("vqav2").name == "vqav2"
     with pytest.raises(KeyError, match="unknown task"):
-        get_task("ade20k")
+        get_task("no_such_task")
 
 
 @pytest.mark.parametrize("name", sorted(EXPECTED_TASKS))
