@@ -166,7 +166,7 @@ def test_exact_predictions_score_100_and_the_submission_scores_the_same(ade_root
     metrics = task.evaluate(records, dataset)
     assert metrics["mIoU"] == 100 and metrics["aAcc"] == 100 and metrics["mAcc"] == 100
     assert metrics["per_class_IoU"]["class1"] == 100 and metrics["per_class_IoU"]["class3"] is None
-    zipped = task.write_submission(records, tmp_path / "ade20k_val_submission.json", dataset)
+    zipped = task.write_submission(records, tmp_path / task.submission_name("val"), dataset)
     assert zipped.suffix == ".zip"
     scored = score_label_maps(zipped, ade_root / "annotations" / "validation")
     assert scored == {"mIoU": 100.0, "aAcc": 100.0, "mAcc": 100.0, "num_images": 2}
