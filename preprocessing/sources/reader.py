@@ -44,7 +44,8 @@ def find_files(spec: SourceSpec, suffixes: tuple[str, ...]) -> list[Path]:
             if not filename.startswith(".") and filename.lower().endswith(suffixes):
                 found.append(Path(dirpath) / filename)
     # Sorting on the relative POSIX path makes record order independent of the file system's listing order.
-    return sorted(found, key=spec.relative)
+    root = str(spec.root)
+    return sorted(found, key=lambda path: spec.relative(path, root))
 
 
 @dataclass(frozen=True)
