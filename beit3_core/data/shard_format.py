@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import re
 import tarfile
 from collections.abc import Iterator
@@ -39,8 +40,10 @@ __all__ = [
     "ShardFormatError",
     "decode_wds_key",
     "encode_wds_key",
+    "index_webdataset_shard",
     "iter_webdataset_shard",
     "normalize_record",
+    "read_indexed_sample",
     "read_parquet_shard",
     "records_to_table",
     "sample_json_bytes",
@@ -294,3 +297,47 @@ def iter_webdataset_shard(path: str | PathLike) -> Iterator[dict[str, Any]]:
         raise ShardFormatError(f"{path}: member {member_name}: corrupt or truncated tar: {err}") from err
     if stem is not None:
         yield _make_sample(path, stem, members)
+
+
+def index_webdataset_shard(path: str | PathLike) -> list[tuple[str, tuple[tuple[str, int, int], ...]]]:
+    """The samples of a shard's tar as `(stem, ((ext, data offset, size), ...))`, in file order.
+
+    Reads only the 512-byte member headers (unbuffered, so nothing beyond them), which lets a reader seek to
+    any sample with `read_indexed_sample`.
+
+    Raises:
+        ShardFormatError: Truncated or corrupt tar, or members that are not grouped webdataset samples.
+    """
+    samples: list[tuple[str, list[tuple[str, int, int]]]] = []
+    end, member_name = 0, "<header>"
+    try:
+        with open(path, "rb", buffering=0) as raw, tarfile.open(fileobj=raw, mode="r:") as tar:
+            for info in tar:
+                member_name = info.name
+                if not info.isfile() or "." not in info.name or "/" in info.name:
+                    raise ShardFormatError(f"{path}: member {info.name}: not a flat webdataset file")
+                stem, ext = info.name.split(".", 1)
+                if not samples or samples[-1][0] != stem:
+                    samples.append((stem, []))
+                samples[-1][1].append((ext, info.offset_data, info.size))
+                end = info.offset_data + -(-info.size // _BLOCK) * _BLOCK
+            member_name = "<end of archive>"
+            _check_end_of_archive(tar, path, end)
+    except FileNotFoundError:
+        raise
+    except (tarfile.TarError, EOFError, OSError) as err:
+        raise ShardFormatError(f"{path}: member {member_name}: corrupt or truncated tar: {err}") from err
+    if len({stem for stem, _ in samples}) != len(samples):
+        raise ShardFormatError(f"{path}: a key is repeated or samples are not grouped")
+    return [(stem, tuple(members)) for stem, members in samples]
+
+
+def read_indexed_sample(fd: int, path: str | PathLike, stem: str, members: tuple[tuple[str, int, int], ...]) -> dict:
+    """One sample, read with `os.pread` from an open file descriptor at the offsets of its index entry; the
+    same checks and the same dict as `iter_webdataset_shard`."""
+    data = {}
+    for ext, offset, size in members:
+        data[ext] = os.pread(fd, size, offset)
+        if len(data[ext]) != size:
+            raise ShardFormatError(f"{path}: member {stem}.{ext}: truncated data")
+    return _make_sample(path, stem, data)
