@@ -104,7 +104,10 @@ class HashMemo:
 
         The memo then holds exactly these files and is saved if anything differs from what was loaded.
         """
-        current: dict[str, Identity] = {os.path.abspath(p): file_identity(p) for p in paths}
+        current: dict[str, Identity] = {}
+        for path in paths:
+            key = path if isinstance(path, str) and _is_normal_absolute(path) else os.path.abspath(path)
+            current[key] = file_identity(key)
         known = {p: e[1] for p, e in self.entries.items() if current.get(p) == e[0]}
         missing = [p for p in current if p not in known]
         if missing and self.before_hashing is not None:
@@ -132,6 +135,10 @@ class HashMemo:
         table = pa.Table.from_arrays(arrays, schema=_SCHEMA)
         self.location.parent.mkdir(parents=True, exist_ok=True)
         write_atomic(self.location, lambda f: pq.write_table(table, f))
+
+
+def _is_normal_absolute(path: str) -> bool:
+    return path.startswith("/") and "//" not in path and "/." not in path and not path.endswith("/")
 
 
 def hash_files(paths: list[str], sizes: list[int] | None = None) -> list[str]:

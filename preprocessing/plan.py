@@ -30,11 +30,10 @@ class ShardPlan:
     """sha256 over (relative path, content sha256) of every input file of the shard."""
 
 
-def _fingerprint(spec: SourceSpec, files: list[Path], hashes: dict[str, str]) -> str:
+def _fingerprint(spec: SourceSpec, files: list[Path], relative: dict[Path, str], content: dict[Path, str]) -> str:
     digest = hashlib.sha256(f"{spec.name}|{spec.format}".encode())
-    root = str(spec.root)
-    for path in sorted(files):
-        digest.update(f"{spec.relative(path, root)}={hashes[os.path.abspath(path)]};".encode())
+    for rel, path in sorted((relative[path], path) for path in files):
+        digest.update(f"{rel}={content[path]};".encode())
     return digest.hexdigest()
 
 
@@ -54,23 +53,26 @@ def plan_source(spec: SourceSpec, files_per_shard: int, memo: HashMemo | None = 
     metadata changed since the memo's last use are read.
     """
     groups = input_groups(spec)
-    hashes = (memo or HashMemo()).hashes(f for group in groups for f in group)
+    absolute = {path: os.path.abspath(path) for group in groups for path in group}
+    hashes = (memo or HashMemo()).hashes(absolute.values())
+    content = {path: hashes[key] for path, key in absolute.items()}
     root = str(spec.root)
+    relative = {path: spec.relative(path, root) for path in absolute}
     if spec.format in FOLDER_FORMATS:
         files = [f for group in groups for f in group]
         num_buckets = max(1, 2 ** math.ceil(math.log2(max(1, len(files)) / files_per_shard)) if files else 1)
         buckets: dict[int, list[Path]] = {}
         for path in files:
-            buckets.setdefault(_stable_hash(spec.relative(path, root)) % num_buckets, []).append(path)
+            buckets.setdefault(_stable_hash(relative[path]) % num_buckets, []).append(path)
         return [
-            ShardPlan(f"{spec.name}-b{b:05d}of{num_buckets:05d}", spec, tuple(fs), _fingerprint(spec, fs, hashes))
+            ShardPlan(name, spec, tuple(fs), _fingerprint(spec, fs, relative, content))
             for b, fs in sorted(buckets.items())
+            for name in [f"{spec.name}-b{b:05d}of{num_buckets:05d}"]
         ]
     plans = []
     for group in groups:
-        primary = spec.relative(group[0], root)
-        name = f"{spec.name}-{hashlib.sha1(primary.encode()).hexdigest()[:10]}"
-        plans.append(ShardPlan(name, spec, tuple(group), _fingerprint(spec, list(group), hashes)))
+        name = f"{spec.name}-{hashlib.sha1(relative[group[0]].encode()).hexdigest()[:10]}"
+        plans.append(ShardPlan(name, spec, tuple(group), _fingerprint(spec, list(group), relative, content)))
     return plans
 
 
