@@ -83,6 +83,7 @@ def beit3_pipeline(
             settings=settings,
             tracking=tracking,
             force=selection.forced("pretrain"),
+            run_dir=str(cfg.run_dir),
         )
         finetuned = steps.map(
             "finetune",
