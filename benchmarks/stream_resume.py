@@ -1,14 +1,17 @@
-"""Time to the first batch of a resumed pretraining stream, early in the run against deep into it.
+"""Time to the first batch of a resumed pretraining stream, early in the run against deep into it, and the
+read amplification of K loader workers.
 
 Writes a few real shards with the project's shard writer (`tests/support/shards.py`), links them under
 `--shards` names into one manifest (a large generated dataset without generating every record), then times
 `StepBatches(start_step=s)` up to its first batch for each resume step, in the training process and through a
-DataLoader with worker processes, alternating the steps over `--rounds` rounds (median).
+DataLoader with worker processes, alternating the steps over `--rounds` rounds (median). Read amplification:
+the records and bytes that K workers' streams read for `--amplification-steps` steps, over what the steps use.
 
     python benchmarks/stream_resume.py --shards 1000 --steps 10 100000
 """
 
 import argparse
+import itertools
 import os
 import statistics
 import sys
@@ -53,12 +56,28 @@ def first_batch_seconds(cfg, model_config, data_info, step: int, loader: bool) -
     return time.perf_counter() - start
 
 
+def read_amplification(cfg, model_config, data_info, num_steps: int, num_workers: int) -> tuple[float, float]:
+    """(records read / records used, bytes read / bytes read by one worker) over the first `num_steps` steps."""
+    used = num_steps * (cfg.data.images_per_step + cfg.data.texts_per_step + cfg.data.pairs_per_step)
+    totals = []
+    for workers in (1, num_workers):
+        records = bytes_read = 0
+        for worker in range(workers):
+            dataset = StepBatches(cfg, model_config, data_info, rank=0, world_size=1, start_step=0)
+            for _ in itertools.islice(dataset.worker_batches(worker, workers), len(range(worker, num_steps, workers))):
+                pass
+            records, bytes_read = records + dataset.reader.stats.records, bytes_read + dataset.reader.stats.bytes
+        totals.append((records, bytes_read))
+    return totals[1][0] / used, totals[1][1] / totals[0][1]
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--shards", type=int, default=1000)
     parser.add_argument("--steps", type=int, nargs="+", default=[10, 100_000])
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--loader-workers", type=int, default=2)
+    parser.add_argument("--amplification-steps", type=int, default=64)
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
         shards = linked_dataset(Path(tmp), args.shards)
@@ -76,6 +95,12 @@ def main() -> None:
             where = f"DataLoader, {args.loader_workers} workers" if loader else "in process"
             for step in args.steps:
                 print(f"| {where} | resume at step {step} | {statistics.median(times[step]):.3f} s |")
+        workers = max(2, args.loader_workers)
+        records, bytes_ratio = read_amplification(cfg, model_config, data_info, args.amplification_steps, workers)
+        print(
+            f"read amplification, {workers} workers, {args.amplification_steps} steps: records read / used"
+            f" {records:.3f}, bytes read / bytes read by 1 worker {bytes_ratio:.3f}"
+        )
 
 
 if __name__ == "__main__":

@@ -65,23 +65,32 @@ class StreamPlan:
         if open_shards < 1:
             raise ValueError(f"data.open_shards must be >= 1, got {open_shards}")
         self.all_counts = counts
+        self._counts_array = np.asarray(counts, dtype=np.int64)
         self.kind, self.rank, self.world_size, self.seed = kind, rank, world_size, seed
         self.open_shards, self.window = open_shards, max(1, window)
         self._epoch_ends: list[int] = []
         self.epoch = lru_cache(maxsize=4)(self._epoch)
         self._permutation = lru_cache(maxsize=4)(self._window_permutation)
 
-    def _epoch(self, epoch: int) -> EpochPlan:
-        order = np.random.default_rng([self.seed, KIND_IDS[self.kind], epoch]).permutation(len(self.all_counts))
-        order = [int(i) for i in order]
+    def _order(self, epoch: int) -> np.ndarray:
+        return np.random.default_rng([self.seed, KIND_IDS[self.kind], epoch]).permutation(len(self.all_counts))
+
+    def _length(self, epoch: int, order: np.ndarray) -> int:
+        """Records per rank in the epoch: the smallest rank's share (vectorised: a resume deep into the run sums
+        the lengths of every earlier epoch)."""
         w = self.world_size
-        if len(order) >= w:
-            per_rank = [sum(self.all_counts[i] for i in order[r::w]) for r in range(w)]
-            shards, length, stride = order[self.rank :: w], min(per_rank), False
+        if len(order) < w:
+            length = int(self._counts_array.sum()) // w
         else:
-            shards, length, stride = order, sum(self.all_counts) // w, True
+            length = int(np.bincount(np.arange(len(order)) % w, weights=self._counts_array[order], minlength=w).min())
         if length == 0:
             raise ValueError(f"{self.kind}: {w} ranks but too few records for one each")
+        return length
+
+    def _epoch(self, epoch: int) -> EpochPlan:
+        order = self._order(epoch)
+        length, stride = self._length(epoch, order), len(order) < self.world_size
+        shards = [int(i) for i in (order if stride else order[self.rank :: self.world_size])]
         counts = tuple(self.all_counts[i] for i in shards)
         starts = [0]
         for g in range(0, len(counts), self.open_shards):
@@ -91,8 +100,8 @@ class StreamPlan:
     def epoch_of(self, position: int) -> tuple[int, int]:
         """(epoch, position within it) of a stream position; epoch lengths may differ, so they are summed."""
         while not self._epoch_ends or self._epoch_ends[-1] <= position:
-            start = self._epoch_ends[-1] if self._epoch_ends else 0
-            self._epoch_ends.append(start + self.epoch(len(self._epoch_ends)).length)
+            start, epoch = (self._epoch_ends[-1] if self._epoch_ends else 0), len(self._epoch_ends)
+            self._epoch_ends.append(start + self._length(epoch, self._order(epoch)))
         epoch = bisect.bisect_right(self._epoch_ends, position)
         return epoch, position - (self._epoch_ends[epoch - 1] if epoch else 0)
 
