@@ -46,8 +46,10 @@ class DataSection:
     """DataLoader worker processes per rank (0 = load in the training process)."""
     prefetch_factor: int = 4
     shuffle_buffer: int = 512
+    """Records shuffled together: each window of this many stream positions is permuted (seeded), so any
+    position is located without reading the ones before it."""
     open_shards: int = 8
-    """Shards a rank reads at once, taking records from each in turn (mixes sources before the buffer)."""
+    """Shards a rank reads at once, taking records from each in turn (mixes sources before the shuffle)."""
     on_bad_shard: str = "error"
     """"error": stop naming the shard; "skip": count, log and skip it."""
 
