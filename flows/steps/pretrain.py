@@ -55,8 +55,8 @@ def pretrain(
         run_pretraining(cfg, resume=resume)
     info = json.loads(storage.read_text(name, RUN_INFO))
     local = state_dir(Path(run_dir or ".")) / "pretrain" / name
-    final = storage.local_copy(local / FINAL[-1], *FINAL)
-    released = storage.local_copy(local / RELEASED[-1], *RELEASED)
+    final = storage.local_copy(local / FINAL[-1], name, *FINAL)
+    released = storage.local_copy(local / RELEASED[-1], name, *RELEASED)
     tracking.adopt(info["mlflow_run_id"], "pretrain", {"beit3.dataset_version": dataset["dataset_version"]})
     metrics = tracking.client().get_run(info["mlflow_run_id"]).data.metrics
     return {
