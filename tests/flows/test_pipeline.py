@@ -63,7 +63,7 @@ def bench_changed(rerun, workspace, pipeline_config_writer, fake_finetune):
     root, _, preprocess = workspace
     before = dict(fake_finetune.CALLS)
     benchmarks = ["vqav2", {"task": "nlvr2", "overrides": {"epochs": 3}}, "coco_captioning"]
-    config = pipeline_config_writer(root, preprocess, benchmarks)
+    config = pipeline_config_writer(root, preprocess, benchmarks, storage=(root / "shared-storage").as_uri())
     return _run(config), before
 
 
