@@ -190,9 +190,17 @@ def export_released_checkpoint(model: BEiT3 | BEiT3ForMDM, path: str | Path) -> 
     return _atomic_write(Path(path), lambda tmp: torch.save({"model": state}, tmp))
 
 
-def save_checkpoint(model: BEiT3 | BEiT3ForMDM, path: str | Path, metadata: dict[str, str] | None = None) -> Path:
-    """The project's format: safetensors with the config (and the model kind) in the header metadata."""
-    state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
+def save_checkpoint(
+    model: BEiT3 | BEiT3ForMDM,
+    path: str | Path,
+    metadata: dict[str, str] | None = None,
+    state_dict: dict[str, torch.Tensor] | None = None,
+) -> Path:
+    """The project's format: safetensors with the config (and the model kind) in the header metadata.
+
+    `state_dict`: the full weights when `model` holds only a shard of them (FSDP); default `model.state_dict()`.
+    """
+    state = {k: v.detach().cpu().contiguous() for k, v in (state_dict or model.state_dict()).items()}
     header = {
         "format": SAFETENSORS_FORMAT,
         "kind": "mdm" if isinstance(model, BEiT3ForMDM) else "backbone",

@@ -70,9 +70,11 @@ def beit3_pipeline(
     status = "FAILED"
     try:
         files_per_shard = pre_cfg.shards.files_per_shard
-        sources = steps.map(
-            "ingest", ingest, {s.name: {"spec": s, "files_per_shard": files_per_shard} for s in pre_cfg.sources}
-        )
+        ingest_calls = {
+            s.name: {"spec": s, "files_per_shard": files_per_shard, "memo_root": pre_cfg.output, "settings": settings}
+            for s in pre_cfg.sources
+        }
+        sources = steps.map("ingest", ingest, ingest_calls)
         dataset = steps.run(
             "preprocess", preprocess, cfg=pre_cfg, sources=list(sources.values()), settings=settings, tracking=tracking
         )
@@ -84,6 +86,7 @@ def beit3_pipeline(
             settings=settings,
             tracking=tracking,
             force=selection.forced("pretrain"),
+            run_dir=str(cfg.run_dir),
         )
         finetuned = steps.map(
             "finetune",

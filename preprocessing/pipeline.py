@@ -29,8 +29,9 @@ import pyarrow.parquet as pq
 from preprocessing.clean import clean_shard
 from preprocessing.config import PreprocessConfig
 from preprocessing.manifest import dataset_version, shard_entry
-from preprocessing.plan import ShardPlan, code_version, plan_source
+from preprocessing.plan import ShardPlan, code_version, hash_memo, plan_source
 from preprocessing.quarantine import QUARANTINE_SCHEMA, QuarantineRecord, SourceCounts
+from preprocessing.ray_tasks import run_tasks
 from preprocessing.shard_writer import read_shard_info, remove_stale_temporaries, write_manifest
 from preprocessing.token_stage import ShardJob, run_token_stage
 from preprocessing.tokenizers import prepare_text_tokenizer, prepare_visual_tokenizer
@@ -123,26 +124,6 @@ def _start_ray(address: str | None) -> None:
         )
 
 
-def _run_tasks(fn, calls: list[tuple], label: str, progress, resources: dict) -> list[dict]:
-    """Run `fn(*args)` for each call as a Ray task with at most 2x CPUs in flight; results in call order."""
-    import ray
-
-    remote = ray.remote(fn).options(**resources)
-    limit = max(2, int(2 * ray.cluster_resources().get("CPU", 2)))
-    pending, results, next_call = {}, [None] * len(calls), 0
-    task = progress.add_task(label, total=len(calls)) if progress else None
-    while next_call < len(calls) or pending:
-        while next_call < len(calls) and len(pending) < limit:
-            pending[remote.remote(*calls[next_call])] = next_call
-            next_call += 1
-        done, _ = ray.wait(list(pending), num_returns=1)
-        for ref in done:
-            results[pending.pop(ref)] = ray.get(ref)
-            if progress:
-                progress.advance(task)
-    return results
-
-
 def run_preprocessing(cfg: PreprocessConfig, progress=None) -> PreprocessReport:
     """Run every stage; `progress` is an optional `rich.progress.Progress`."""
     import torch
@@ -154,7 +135,11 @@ def run_preprocessing(cfg: PreprocessConfig, progress=None) -> PreprocessReport:
     remove_stale_temporaries(out)
     remove_stale_temporaries(work)
     code = code_version()
-    plans = [plan for spec in cfg.sources for plan in plan_source(spec, cfg.shards.files_per_shard)]
+    plans = [
+        plan
+        for spec in cfg.sources
+        for plan in plan_source(spec, cfg.shards.files_per_shard, hash_memo(out, spec.name))
+    ]
     if not plans:
         raise ValueError("the configured sources hold no input files")
     _start_ray(cfg.ray_address)
@@ -163,12 +148,12 @@ def run_preprocessing(cfg: PreprocessConfig, progress=None) -> PreprocessReport:
     reuse_jpeg = cfg.views.reuse_source_jpeg
     validation_hash = cfg.section_hash("validation") + str(cfg.views.short_side) + ("reuse-jpeg" if reuse_jpeg else "")
     clean_keys = {p.name: _sha(p.input_fingerprint, validation_hash, code) for p in plans}
-    clean = _run_tasks(
+    clean = run_tasks(
         clean_task,
         [(p, clean_keys[p.name], rules, cfg.views.short_side, work, reuse_jpeg) for p in plans],
+        {"num_cpus": 1},
         "validate",
         progress,
-        {"num_cpus": 1},
     )
     clean_tables = [work / f"{p.name}.clean.parquet" for p in plans]
     duplicates = _find_duplicates(plans, work)

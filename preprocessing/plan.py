@@ -2,17 +2,22 @@
 
 Container files (tars, Parquet/JSONL/JSON tables with the images they reference) each make one shard, named
 after the file. Folder sources hash each file's relative path into a fixed number of buckets, so changing,
-adding or removing one file touches exactly one shard. Fingerprints hash file contents, never mtimes.
+adding or removing one file touches exactly one shard. Fingerprints hash file contents, never mtimes; metadata
+only decides which files need re-reading.
 """
 
 import hashlib
 import math
+import os
 from dataclasses import dataclass
 from pathlib import Path
 
+from preprocessing.content_hash import HashMemo
 from preprocessing.sources import SourceSpec, input_groups
 
 FOLDER_FORMATS = ("image_folder", "imagenet_folder", "text_files")
+HASH_MEMO_DIR = "_work/hashes"
+"""Under a preprocessing output: one content-hash memo per source, shared by ingest and preprocessing."""
 _CODE_ROOTS = ("preprocessing", "beit3_core/data", "beit3_core/text_tokenizer.py")
 
 
@@ -25,43 +30,49 @@ class ShardPlan:
     """sha256 over (relative path, content sha256) of every input file of the shard."""
 
 
-def file_sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
-
-
-def _fingerprint(spec: SourceSpec, files: list[Path]) -> str:
+def _fingerprint(spec: SourceSpec, files: list[Path], relative: dict[Path, str], content: dict[Path, str]) -> str:
     digest = hashlib.sha256(f"{spec.name}|{spec.format}".encode())
-    for path in sorted(files):
-        digest.update(f"{spec.relative(path)}={file_sha256(path)};".encode())
+    for rel, path in sorted((relative[path], path) for path in files):
+        digest.update(f"{rel}={content[path]};".encode())
     return digest.hexdigest()
+
+
+def hash_memo(output: str | os.PathLike[str], source: str) -> HashMemo:
+    """The content-hash memo of one source under a preprocessing output folder."""
+    return HashMemo.open(Path(output) / HASH_MEMO_DIR / f"{source}.parquet")
 
 
 def _stable_hash(text: str) -> int:
     return int.from_bytes(hashlib.sha1(text.encode()).digest()[:8], "big")
 
 
-def plan_source(spec: SourceSpec, files_per_shard: int) -> list[ShardPlan]:
-    """The shards of one source, in a stable order."""
+def plan_source(spec: SourceSpec, files_per_shard: int, memo: HashMemo | None = None) -> list[ShardPlan]:
+    """The shards of one source, in a stable order.
+
+    File contents are hashed in parallel; with a `memo` (see `preprocessing.content_hash`) only files whose
+    metadata changed since the memo's last use are read.
+    """
     groups = input_groups(spec)
+    absolute = {path: os.path.abspath(path) for group in groups for path in group}
+    hashes = (memo or HashMemo()).hashes(absolute.values())
+    content = {path: hashes[key] for path, key in absolute.items()}
+    root = str(spec.root)
+    relative = {path: spec.relative(path, root) for path in absolute}
     if spec.format in FOLDER_FORMATS:
         files = [f for group in groups for f in group]
         num_buckets = max(1, 2 ** math.ceil(math.log2(max(1, len(files)) / files_per_shard)) if files else 1)
         buckets: dict[int, list[Path]] = {}
         for path in files:
-            buckets.setdefault(_stable_hash(spec.relative(path)) % num_buckets, []).append(path)
+            buckets.setdefault(_stable_hash(relative[path]) % num_buckets, []).append(path)
         return [
-            ShardPlan(f"{spec.name}-b{b:05d}of{num_buckets:05d}", spec, tuple(fs), _fingerprint(spec, fs))
+            ShardPlan(name, spec, tuple(fs), _fingerprint(spec, fs, relative, content))
             for b, fs in sorted(buckets.items())
+            for name in [f"{spec.name}-b{b:05d}of{num_buckets:05d}"]
         ]
     plans = []
     for group in groups:
-        primary = spec.relative(group[0])
-        name = f"{spec.name}-{hashlib.sha1(primary.encode()).hexdigest()[:10]}"
-        plans.append(ShardPlan(name, spec, tuple(group), _fingerprint(spec, list(group))))
+        name = f"{spec.name}-{hashlib.sha1(relative[group[0]].encode()).hexdigest()[:10]}"
+        plans.append(ShardPlan(name, spec, tuple(group), _fingerprint(spec, list(group), relative, content)))
     return plans
 
 

@@ -18,10 +18,8 @@ shard's sha256 can serve as a cache key.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
-import secrets
 from collections import Counter
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
@@ -41,6 +39,8 @@ from beit3_core.data.shard_format import (
     records_to_table,
     sample_json_bytes,
 )
+from preprocessing.atomic import TMP_PREFIX, fsync_dir, temp_path, write_atomic
+from preprocessing.content_hash import file_sha256
 
 __all__ = [
     "MANIFEST_NAME",
@@ -56,11 +56,9 @@ __all__ = [
     "write_sizes",
 ]
 
-TMP_PREFIX = "_tmp."
 MANIFEST_NAME = "manifest.json"
 SIZES_NAME = "sizes.json"
 _ROW_GROUP_SIZE = 256
-_HASH_CHUNK = 1 << 20
 
 
 @dataclass(frozen=True)
@@ -93,48 +91,10 @@ def _sidecar_path(out_dir: Path, shard_name: str) -> Path:
     return out_dir / f"{shard_name}.done.json"
 
 
-def _temp_path(final: Path) -> Path:
-    # A random suffix keeps two writers of the same shard (e.g. a retry racing a zombie) from sharing a file.
-    return final.with_name(f"{TMP_PREFIX}{final.name}.{os.getpid()}.{secrets.token_hex(4)}")
-
-
-def _sha256_file(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        while chunk := f.read(_HASH_CHUNK):
-            digest.update(chunk)
-    return digest.hexdigest()
-
-
-def _fsync_dir(directory: Path) -> None:
-    # Makes the renames durable across a power loss; not every platform can open a directory.
-    try:
-        fd = os.open(directory, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-def _write_atomic(final: Path, write: Callable[[Any], None]) -> None:
-    """Call `write(fileobj)` on a `_tmp.` file next to `final`, fsync it and move it to `final`."""
-    temp = _temp_path(final)
-    try:
-        with open(temp, "xb") as f:
-            write(f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(temp, final)
-    finally:
-        temp.unlink(missing_ok=True)
-
-
 def _write_json_atomic(path: Path, obj: Any) -> None:
     text = json.dumps(obj, indent=2, sort_keys=True, ensure_ascii=False) + "\n"
-    _write_atomic(path, lambda f: f.write(text.encode("utf-8")))
-    _fsync_dir(path.parent)
+    write_atomic(path, lambda f: f.write(text.encode("utf-8")))
+    fsync_dir(path.parent)
 
 
 def _write_tar(f: Any, rows: list[dict[str, Any]], records: list[dict[str, Any]]) -> None:
@@ -186,11 +146,11 @@ def write_shard(
     parquet_path, tar_path = out / f"{shard_name}.parquet", out / f"{shard_name}.tar"
     # An old sidecar must not vouch for files that are about to be replaced.
     _sidecar_path(out, shard_name).unlink(missing_ok=True)
-    _fsync_dir(out)
+    fsync_dir(out)
 
     stage = on_stage or (lambda _: None)
     table = records_to_table(rows)
-    parquet_tmp, tar_tmp = _temp_path(parquet_path), _temp_path(tar_path)
+    parquet_tmp, tar_tmp = temp_path(parquet_path), temp_path(tar_path)
     try:
         with open(parquet_tmp, "xb") as f:
             pq.write_table(table, f, row_group_size=_ROW_GROUP_SIZE, compression="zstd")
@@ -207,14 +167,14 @@ def write_shard(
             fingerprint=fingerprint,
             num_records=len(rows),
             num_per_kind={kind: sum(r["kind"] == kind for r in rows) for kind in KINDS},
-            parquet_sha256=_sha256_file(parquet_tmp),
+            parquet_sha256=file_sha256(parquet_tmp),
             parquet_bytes=parquet_tmp.stat().st_size,
-            tar_sha256=_sha256_file(tar_tmp),
+            tar_sha256=file_sha256(tar_tmp),
             tar_bytes=tar_tmp.stat().st_size,
         )
         os.replace(parquet_tmp, parquet_path)
         os.replace(tar_tmp, tar_path)
-        _fsync_dir(out)
+        fsync_dir(out)
         stage("files_replaced")
     finally:
         parquet_tmp.unlink(missing_ok=True)
@@ -260,7 +220,7 @@ def is_shard_complete(out_dir: str | PathLike, shard_name: str, fingerprint: str
         path = Path(out_dir) / file_name
         if not path.is_file() or path.stat().st_size != size:
             return False
-        if verify_hashes and _sha256_file(path) != sha256:
+        if verify_hashes and file_sha256(path) != sha256:
             return False
     return True
 

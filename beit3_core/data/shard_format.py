@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import re
 import tarfile
 from collections.abc import Iterator
@@ -39,8 +40,10 @@ __all__ = [
     "ShardFormatError",
     "decode_wds_key",
     "encode_wds_key",
+    "index_webdataset_shard",
     "iter_webdataset_shard",
     "normalize_record",
+    "read_indexed_sample",
     "read_parquet_shard",
     "records_to_table",
     "sample_json_bytes",
@@ -252,6 +255,31 @@ def _make_sample(path: str | PathLike, stem: str, members: dict[str, bytes]) -> 
     return {"key": meta["key"], "kind": meta["kind"], "image_bytes": image_bytes, "meta": meta}
 
 
+def _tar_members(path: str | PathLike, read_data: bool) -> Iterator[tuple[str, str, int, int, bytes | None]]:
+    """Each member of a shard's tar as `(stem, ext, data offset, size, data or None)`, checked to be a flat
+    webdataset file; after the last one, the end-of-archive marker is checked. Without `read_data` only the
+    512-byte headers are read (unbuffered, so nothing beyond them)."""
+    end, member_name = 0, "<header>"
+    try:
+        with open(path, "rb", buffering=-1 if read_data else 0) as raw, tarfile.open(fileobj=raw, mode="r:") as tar:
+            for info in tar:
+                member_name = info.name
+                if not info.isfile() or "." not in info.name or "/" in info.name:
+                    raise ShardFormatError(f"{path}: member {info.name}: not a flat webdataset file")
+                stem, ext = info.name.split(".", 1)
+                data = tar.extractfile(info).read() if read_data else None
+                if data is not None and len(data) != info.size:
+                    raise ShardFormatError(f"{path}: member {info.name}: truncated data")
+                end = info.offset_data + -(-info.size // _BLOCK) * _BLOCK
+                yield stem, ext, info.offset_data, info.size, data
+            member_name = "<end of archive>"
+            _check_end_of_archive(tar, path, end)
+    except FileNotFoundError:
+        raise
+    except (tarfile.TarError, EOFError, OSError) as err:
+        raise ShardFormatError(f"{path}: member {member_name}: corrupt or truncated tar: {err}") from err
+
+
 def iter_webdataset_shard(path: str | PathLike) -> Iterator[dict[str, Any]]:
     """Yield the samples of a shard's tar in file order.
 
@@ -263,34 +291,47 @@ def iter_webdataset_shard(path: str | PathLike) -> Iterator[dict[str, Any]]:
             message names the shard and, where known, the member. Samples are streamed, so the error can
             come after earlier samples were yielded (a trailing corruption is found at the end).
     """
-    stem, members, end, member_name = None, {}, 0, "<header>"
+    stem, members = None, {}
     seen: set[str] = set()
-    try:
-        with tarfile.open(path, mode="r:") as tar:
-            for info in tar:
-                member_name = info.name
-                if not info.isfile() or "." not in info.name or "/" in info.name:
-                    raise ShardFormatError(f"{path}: member {info.name}: not a flat webdataset file")
-                name_stem, ext = info.name.split(".", 1)
-                if name_stem != stem:
-                    if name_stem in seen:
-                        raise ShardFormatError(f"{path}: member {info.name}: key repeated or samples not grouped")
-                    seen.add(name_stem)
-                    if stem is not None:
-                        yield _make_sample(path, stem, members)
-                    members = {}
-                if ext in members:
-                    raise ShardFormatError(f"{path}: member {info.name}: duplicate member")
-                data = tar.extractfile(info).read()
-                if len(data) != info.size:
-                    raise ShardFormatError(f"{path}: member {info.name}: truncated data")
-                stem, members[ext] = name_stem, data
-                end = info.offset_data + -(-info.size // _BLOCK) * _BLOCK
-            member_name = "<end of archive>"
-            _check_end_of_archive(tar, path, end)
-    except FileNotFoundError:
-        raise
-    except (tarfile.TarError, EOFError, OSError) as err:
-        raise ShardFormatError(f"{path}: member {member_name}: corrupt or truncated tar: {err}") from err
+    for name_stem, ext, _, _, data in _tar_members(path, read_data=True):
+        if name_stem != stem:
+            if name_stem in seen:
+                raise ShardFormatError(f"{path}: member {name_stem}.{ext}: key repeated or samples not grouped")
+            seen.add(name_stem)
+            if stem is not None:
+                yield _make_sample(path, stem, members)
+            members = {}
+        if ext in members:
+            raise ShardFormatError(f"{path}: member {name_stem}.{ext}: duplicate member")
+        stem, members[ext] = name_stem, data
     if stem is not None:
         yield _make_sample(path, stem, members)
+
+
+def index_webdataset_shard(path: str | PathLike) -> list[tuple[str, tuple[tuple[str, int, int], ...]]]:
+    """The samples of a shard's tar as `(stem, ((ext, data offset, size), ...))`, in file order.
+
+    Reads only the member headers, which lets a reader seek to any sample with `read_indexed_sample`.
+
+    Raises:
+        ShardFormatError: Truncated or corrupt tar, or members that are not grouped webdataset samples.
+    """
+    samples: list[tuple[str, list[tuple[str, int, int]]]] = []
+    for stem, ext, offset, size, _ in _tar_members(path, read_data=False):
+        if not samples or samples[-1][0] != stem:
+            samples.append((stem, []))
+        samples[-1][1].append((ext, offset, size))
+    if len({stem for stem, _ in samples}) != len(samples):
+        raise ShardFormatError(f"{path}: a key is repeated or samples are not grouped")
+    return [(stem, tuple(members)) for stem, members in samples]
+
+
+def read_indexed_sample(fd: int, path: str | PathLike, stem: str, members: tuple[tuple[str, int, int], ...]) -> dict:
+    """One sample, read with `os.pread` from an open file descriptor at the offsets of its index entry; the
+    same checks and the same dict as `iter_webdataset_shard`."""
+    data = {}
+    for ext, offset, size in members:
+        data[ext] = os.pread(fd, size, offset)
+        if len(data[ext]) != size:
+            raise ShardFormatError(f"{path}: member {stem}.{ext}: truncated data")
+    return _make_sample(path, stem, data)

@@ -46,8 +46,10 @@ class DataSection:
     """DataLoader worker processes per rank (0 = load in the training process)."""
     prefetch_factor: int = 4
     shuffle_buffer: int = 512
+    """Records shuffled together: each window of this many stream positions is permuted (seeded), so any
+    position is located without reading the ones before it."""
     open_shards: int = 8
-    """Shards a rank reads at once, taking records from each in turn (mixes sources before the buffer)."""
+    """Shards a rank reads at once, taking records from each in turn (mixes sources before the shuffle)."""
     on_bad_shard: str = "error"
     """"error": stop naming the shard; "skip": count, log and skip it."""
 
@@ -73,10 +75,13 @@ class RunSection:
     log_every: int = 5
     num_workers: int = 2
     """Ray Train workers (ranks)."""
+    data_ranks: int = 0
+    """Data-parallel ranks of the data stream and the loss; each worker runs data ranks w, w + num_workers, ...
+    as micro-batches. 0 = num_workers. Fixed, a run resumes on any number of workers dividing it."""
     use_gpu: bool = False
     cpus_per_worker: float = 1.0
     strategy: str = "ddp"
-    """"ddp" or "fsdp" (GPU only; for large and giant)."""
+    """"ddp" or "fsdp" (FSDP2 `fully_shard`; for large and giant on GPUs, also runs on CPU with gloo)."""
     bf16: bool = True
     """bf16 autocast on GPU (ignored on CPU)."""
     max_failures: int = 2
@@ -114,7 +119,10 @@ class PretrainConfig:
     def fingerprint(self) -> str:
         """Hash of everything that shapes the training result (not where it is stored or logged)."""
         d = self.to_dict()
+        # The data ranks shape the result, the number of workers running them does not.
+        d["run"]["data_ranks"] = self.run.data_ranks or self.run.num_workers
         for volatile in (
+            "num_workers",
             "name",
             "storage_path",
             "mlflow_tracking_uri",

@@ -1,4 +1,4 @@
-"""Build the MDM model for a run and wrap it for data parallelism (DDP, or FSDP2 `fully_shard` on GPUs)."""
+"""Build the MDM model for a run and wrap it for data parallelism (DDP, or FSDP2 `fully_shard`)."""
 
 import logging
 from pathlib import Path
@@ -29,21 +29,47 @@ def build_pretraining_model(cfg: PretrainConfig, model_config: dict) -> BEiT3For
 
 
 def parallelize(model: BEiT3ForMDM, cfg: PretrainConfig, device: torch.device) -> torch.nn.Module:
-    """DDP through Ray Train, or FSDP2 (`fully_shard` per encoder layer, then the root) for large models."""
+    """DDP through Ray Train, or FSDP2 (`fully_shard` per encoder layer, then the root) for large models.
+
+    FSDP2 runs on GPUs (NCCL) and on a CPU mesh (gloo), where bf16 mixed precision is left out.
+    """
     import ray.train.torch
 
     if cfg.run.strategy == "ddp":
         return ray.train.torch.prepare_model(model, parallel_strategy="ddp")
     if cfg.run.strategy != "fsdp":
         raise ValueError(f"run.strategy must be 'ddp' or 'fsdp', got {cfg.run.strategy!r}")
-    if device.type != "cuda":
-        raise ValueError("run.strategy='fsdp' needs GPUs (run.use_gpu=true); use 'ddp' on CPU")
+    import torch.distributed as dist
+    from torch.distributed.device_mesh import init_device_mesh
     from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard
 
     model.to(device)
-    policy = MixedPrecisionPolicy(param_dtype=torch.bfloat16, reduce_dtype=torch.float32) if cfg.run.bf16 else None
-    kwargs = {"mp_policy": policy} if policy else {}
+    mesh = init_device_mesh(device.type, (dist.get_world_size(),))
+    kwargs: dict = {"mesh": mesh}
+    if cfg.run.bf16 and device.type == "cuda":
+        kwargs["mp_policy"] = MixedPrecisionPolicy(param_dtype=torch.bfloat16, reduce_dtype=torch.float32)
     for layer in model.beit3.encoder.layers:
         fully_shard(layer, **kwargs)
     fully_shard(model, **kwargs)
     return model
+
+
+def gradient_sync(model: torch.nn.Module, enabled: bool):
+    """A context in which backward synchronises gradients across ranks only if `enabled` (the last micro-batch
+    of an accumulation): FSDP2's `set_requires_gradient_sync`, DDP's `no_sync`."""
+    import contextlib
+
+    if hasattr(model, "set_requires_gradient_sync"):  # FSDP2 module
+
+        @contextlib.contextmanager
+        def fsdp_sync():
+            model.set_requires_gradient_sync(enabled)
+            try:
+                yield
+            finally:
+                model.set_requires_gradient_sync(True)
+
+        return fsdp_sync()
+    if enabled or not hasattr(model, "no_sync"):
+        return contextlib.nullcontext()
+    return model.no_sync()

@@ -13,8 +13,12 @@ import pyarrow.fs as pafs
 
 
 class RunStorage:
-    def __init__(self, location: str):
-        if "://" in location:
+    def __init__(self, location: str, filesystem: pafs.FileSystem | None = None):
+        """`location`: a local folder or a filesystem URI; or, with `filesystem`, a path inside that filesystem."""
+        if filesystem is not None:
+            self.fs, self.root, self.uri = filesystem, location.rstrip("/"), location.rstrip("/")
+            self.local_root = Path(self.root) if isinstance(filesystem, pafs.LocalFileSystem) else None
+        elif "://" in location:
             self.fs, self.root = pafs.FileSystem.from_uri(location)
             self.uri = location.rstrip("/")
             self.local_root = Path(self.root) if isinstance(self.fs, pafs.LocalFileSystem) else None
@@ -57,3 +61,23 @@ class RunStorage:
             pafs.copy_files(str(local), tmp, destination_filesystem=self.fs)
             self.fs.move(tmp, final)
         return final if self.local_root is not None else f"{self.uri}/{'/'.join(parts)}"
+
+    def remove(self, *parts: str) -> None:
+        """Delete a run folder (or file) if it exists."""
+        info = self.fs.get_file_info(self.path(*parts))
+        if info.type == pafs.FileType.Directory:
+            self.fs.delete_dir(info.path)
+        elif info.type == pafs.FileType.File:
+            self.fs.delete_file(info.path)
+
+    def local_copy(self, local: Path, *parts: str) -> Path:
+        """A local path holding the file at `parts`: the file itself on local storage, else a copy at `local`
+        (downloaded once, atomically)."""
+        if self.local_root is not None:
+            return Path(self.path(*parts))
+        if not local.is_file():
+            local.parent.mkdir(parents=True, exist_ok=True)
+            tmp = local.with_name(f"{local.name}.{uuid.uuid4().hex}.tmp")
+            pafs.copy_files(self.path(*parts), str(tmp), source_filesystem=self.fs)
+            os.replace(tmp, local)
+        return local

@@ -1,50 +1,44 @@
 """Deterministic streaming of pretraining batches from shards (or generated data), resumable at any step.
 
-Each stream kind (image, text, pair) is an endless sequence of records per rank: epoch e visits the shards
-in an order drawn from (seed, kind, e); with at least as many shards as ranks, rank r reads shards
-r, r + W, ... of that order (no two ranks read the same file), otherwise every rank reads every shard and
-keeps records r, r + W, ...; a seeded shuffle buffer mixes records within the rank; every rank stops the
-epoch after the same number of records (the minimum over ranks, known from the manifest), so every rank
-runs the same number of steps.
+Each stream kind (image, text, pair) is an endless sequence of records per rank, laid out by
+`beit3_core.train.record_plan`: per epoch a seeded shard order split between ranks, `open_shards` shards
+interleaved at a time, a seeded shuffle in windows of `shuffle_buffer` records, and the same number of records
+on every rank (known from the manifest), so every rank runs the same number of steps.
 
 Step s takes records [(s - 1) * n, s * n) of each kind's stream and draws views and masks from generators
 seeded by (seed, s, rank, kind). A batch is therefore a pure function of (seed, s, rank): resuming at step s
 replays exactly what an uninterrupted run would read, with no sample skipped or repeated within an epoch.
 
-DataLoader workers split the steps round-robin (worker w builds steps s = w, w + K, ...), which the
-DataLoader returns in step order; each worker walks the record streams and decodes only its own steps.
+The shard and offset of every stream position follow from the manifest's counts alone, so records are read
+by random access (`beit3_core.train.shard_reader`): DataLoader workers split the steps round-robin (worker w
+builds steps s = w, w + K, ..., which the DataLoader returns in step order) and each reads only the records of
+its own steps, once; a resumed run reads from its own step's records on, whatever the step.
 """
 
 import itertools
 import json
 import logging
 from collections.abc import Iterator
-from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import torch
 
 from beit3_core.config import BEiT3Config
-from beit3_core.data.shard_format import ShardFormatError, iter_webdataset_shard
+from beit3_core.data.shard_format import ShardFormatError
 from beit3_core.data.views import ViewParams, decode_stored_image, render_view, to_model_input
 from beit3_core.masking import BlockMaskGenerator, mask_text
 from beit3_core.mdm import ImageStream, MDMBatch, PairStream, TextStream
 from beit3_core.synthetic import SyntheticMDMData
 from beit3_core.train.config import DataSection, PretrainConfig
+from beit3_core.train.record_plan import KIND_IDS, StreamPlan
+from beit3_core.train.shard_reader import ShardReader, ShardRef
 
 logger = logging.getLogger(__name__)
 
 SYNTHETIC = "synthetic"
-KIND_IDS = {"image": 0, "text": 1, "pair": 2}
 PAD_ID, EOS_ID = 1, 2
-
-
-@dataclass(frozen=True)
-class ShardRef:
-    name: str
-    tar: Path
-    counts: dict[str, int]
+_READ_CHUNK = 256
 
 
 def read_shard_refs(shards_dir: str | Path) -> tuple[list[ShardRef], dict]:
@@ -54,96 +48,77 @@ def read_shard_refs(shards_dir: str | Path) -> tuple[list[ShardRef], dict]:
     if not manifest_path.is_file():
         raise FileNotFoundError(f"no manifest.json in {root}: run `beit3 preprocess` first")
     manifest = json.loads(manifest_path.read_text())
-    refs = [ShardRef(s["name"], root / s["tar"], s["counts"]) for s in manifest["shards"]]
+    refs = [
+        ShardRef(s["name"], root / s["tar"], s["counts"], root / s["parquet"] if s.get("parquet") else None)
+        for s in manifest["shards"]
+    ]
     return refs, manifest
 
 
 class RecordStream:
-    """The endless record sequence of one kind for one rank (see the module docstring)."""
+    """The endless record sequence of one kind for one rank (see the module docstring).
 
-    def __init__(self, refs: list[ShardRef], kind: str, rank: int, world_size: int, seed: int, data: DataSection):
+    `records(positions)` reads the records at any stream positions; iterating reads them all in order.
+    """
+
+    def __init__(
+        self,
+        refs: list[ShardRef],
+        kind: str,
+        rank: int,
+        world_size: int,
+        seed: int,
+        data: DataSection,
+        reader: ShardReader | None = None,
+    ):
         self.refs = [r for r in refs if r.counts.get(kind, 0) > 0]
         if not self.refs:
             raise ValueError(f"no shard holds {kind} records, but the step mix asks for them")
         self.kind, self.rank, self.world_size, self.seed = kind, rank, world_size, seed
-        self.shuffle_buffer = data.shuffle_buffer
-        self.open_shards = data.open_shards
-        if self.open_shards < 1:
-            raise ValueError(f"data.open_shards must be >= 1, got {self.open_shards}")
         self.on_bad_shard = data.on_bad_shard
-        self.num_bad_shards = 0
+        self.bad_shards: set[str] = set()
+        if self.on_bad_shard == "skip":  # a missing file is known before reading: every rank plans without it
+            for ref in self.refs:
+                if not ref.tar.is_file():
+                    self._mark_bad(ref, FileNotFoundError(f"{ref.tar} does not exist"))
+            self.refs = [r for r in self.refs if r.name not in self.bad_shards]
+        counts = [r.counts[kind] for r in self.refs]
+        self.plan = StreamPlan(counts, kind, rank, world_size, seed, data.open_shards, data.shuffle_buffer)
+        self.reader = reader or ShardReader(max_open=2 * data.open_shards)
+
+    @property
+    def num_bad_shards(self) -> int:
+        return len(self.bad_shards)
 
     def _plan(self, epoch: int) -> tuple[list[ShardRef], int, bool]:
         """(this rank's shards in visiting order, records per rank this epoch, stride records?)."""
-        order = np.random.default_rng([self.seed, KIND_IDS[self.kind], epoch]).permutation(len(self.refs))
-        shards = [self.refs[i] for i in order]
-        if len(shards) >= self.world_size:
-            per_rank = [sum(s.counts[self.kind] for s in shards[r :: self.world_size]) for r in range(self.world_size)]
-            return shards[self.rank :: self.world_size], min(per_rank), False
-        return shards, sum(s.counts[self.kind] for s in shards) // self.world_size, True
+        plan = self.plan.epoch(epoch)
+        return [self.refs[i] for i in plan.shards], plan.length, plan.stride
+
+    def _mark_bad(self, ref: ShardRef, error: Exception) -> None:
+        if self.on_bad_shard != "skip":
+            raise RuntimeError(f"bad shard {ref.name} ({ref.tar}): {error}") from error
+        if ref.name not in self.bad_shards:
+            self.bad_shards.add(ref.name)
+            logger.warning("skipping bad shard %s (%d so far): %s", ref.name, len(self.bad_shards), error)
+
+    def records(self, positions: range | list[int]) -> list[dict]:
+        """The records at these stream positions, in order; records of a bad shard are left out when skipping."""
+        located = [self.plan.locate(p) for p in positions]
+        out = []
+        for shard, offset in located:
+            ref = self.refs[shard]
+            if ref.name in self.bad_shards:
+                continue
+            try:
+                out.append(self.reader.read(ref, self.kind, offset))
+            except (ShardFormatError, OSError) as error:
+                self._mark_bad(ref, error)
+        return out
 
     def __iter__(self) -> Iterator[dict]:
-        for epoch in itertools.count():
-            shards, epoch_len, stride = self._plan(epoch)
-            if epoch_len == 0:
-                raise ValueError(f"{self.kind}: {self.world_size} ranks but too few records for one each")
-            records = self._records(shards, stride)
-            rng = np.random.default_rng([self.seed, KIND_IDS[self.kind], epoch, self.rank, 1])
-            yield from itertools.islice(_shuffled(records, self.shuffle_buffer, rng), epoch_len)
-
-    def _records(self, shards: list[ShardRef], stride: bool) -> Iterator[dict]:
-        index = 0
-        for sample in _round_robin([self._shard_records(shard) for shard in shards], self.open_shards):
-            if not stride or index % self.world_size == self.rank:
-                yield sample
-            index += 1
-
-    def _shard_records(self, shard: ShardRef) -> Iterator[dict]:
-        try:
-            for sample in iter_webdataset_shard(shard.tar):
-                if sample["kind"] == self.kind:
-                    yield sample
-        except (ShardFormatError, FileNotFoundError, OSError) as error:
-            if self.on_bad_shard != "skip":
-                raise RuntimeError(f"bad shard {shard.name} ({shard.tar}): {error}") from error
-            self.num_bad_shards += 1
-            logger.warning("skipping bad shard %s (%d so far): %s", shard.name, self.num_bad_shards, error)
-
-
-def _round_robin(sources: list[Iterator[dict]], width: int) -> Iterator[dict]:
-    """One record from each of `width` open sources in turn; an exhausted source is replaced by the next.
-
-    A shard usually holds one source's records in file order (a play, a manual): reading several at once
-    mixes sources far beyond what the shuffle buffer alone reaches.
-    """
-    pending = iter(sources)
-    active = list(itertools.islice(pending, width))
-    while active:
-        still_open = []
-        for source in active:
-            record = next(source, None)
-            while record is None:  # exhausted: the next pending source takes its turn
-                source = next(pending, None)
-                if source is None:
-                    break
-                record = next(source, None)
-            if record is not None:
-                yield record
-                still_open.append(source)
-        active = still_open
-
-
-def _shuffled(records: Iterator[dict], buffer_size: int, rng: np.random.Generator) -> Iterator[dict]:
-    buffer: list[dict] = []
-    for record in records:
-        if len(buffer) < buffer_size:
-            buffer.append(record)
-            continue
-        i = int(rng.integers(len(buffer)))
-        yield buffer[i]
-        buffer[i] = record
-    order = rng.permutation(len(buffer))
-    yield from (buffer[i] for i in order)
+        for start in itertools.count(0, _READ_CHUNK):
+            yield from self.records(range(start, start + _READ_CHUNK))
 
 
 class BatchBuilder:
@@ -240,6 +215,10 @@ class StepBatches(torch.utils.data.IterableDataset):
     def __iter__(self) -> Iterator[MDMBatch]:
         info = torch.utils.data.get_worker_info()
         worker, num_workers = (info.id, info.num_workers) if info else (0, 1)
+        return self.worker_batches(worker, num_workers)
+
+    def worker_batches(self, worker: int, num_workers: int) -> Iterator[MDMBatch]:
+        """The batches of loader worker `worker` of `num_workers`: steps start + 1 + worker, + num_workers, ..."""
         steps = itertools.count(self.start_step + 1 + worker, num_workers)
         if self.cfg.data.shards == SYNTHETIC:
             yield from self._synthetic(steps)
@@ -248,21 +227,17 @@ class StepBatches(torch.utils.data.IterableDataset):
         builder = BatchBuilder(
             self.model_config, self.cfg.data, self.data_info["mask_id"], self.cfg.run.seed, self.rank
         )
+        self.reader = ShardReader(max_open=2 * self.cfg.data.open_shards)
         streams = {
-            kind: iter(RecordStream(refs, kind, self.rank, self.world_size, self.cfg.run.seed, self.cfg.data))
+            kind: RecordStream(refs, kind, self.rank, self.world_size, self.cfg.run.seed, self.cfg.data, self.reader)
             for kind, n in self.per_step.items()
             if n > 0
         }
-        position = dict.fromkeys(streams, 0)
         for step in steps:
-            records = {}
-            for kind, stream in streams.items():
-                n = self.per_step[kind]
-                target = (step - 1) * n
-                for _ in itertools.islice(stream, target - position[kind]):  # other workers' steps
-                    pass
-                records[kind] = list(itertools.islice(stream, n))
-                position[kind] = target + n
+            records = {
+                kind: stream.records(range((step - 1) * self.per_step[kind], step * self.per_step[kind]))
+                for kind, stream in streams.items()
+            }
             yield builder.build(step, records)
 
     def _synthetic(self, steps: Iterator[int]) -> Iterator[MDMBatch]:

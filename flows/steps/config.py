@@ -11,8 +11,11 @@
     execution: {io_retries: 2, retry_delay_seconds: [2, 10]}
 
 Relative paths resolve against the current directory, as in the preprocessing config. The pipeline owns the
-output locations: preprocessing writes to `<run_dir>/shards` and pretraining stores runs in `<run_dir>/pretrain`
-(whatever the referenced files say), so every step writes to a deterministic path under the run directory.
+output locations (whatever the referenced files say), so every step writes to a deterministic path:
+preprocessing to `<run_dir>/shards`; pretraining and fine-tuning runs (Ray Train checkpoints, final models) to
+`<storage>/pretrain` and `<storage>/finetune/runs`, where `storage` is a shared path or a pyarrow filesystem
+URI (`s3://bucket/beit3`, `gs://...`, `hdfs://...`), required on multi-node clusters, and defaults to the run
+directory. An explicit `pretrain.overrides.run.storage_path` or a benchmark's `storage_path` override wins.
 """
 
 import hashlib
@@ -65,11 +68,25 @@ class PipelineConfig(_Strict):
     benchmarks: list[Benchmark] = Field(default_factory=list)
     execution: Execution = Field(default_factory=Execution)
     mlflow_experiment: str = PIPELINE_EXPERIMENT
+    storage: str | None = None
+    """Where pretraining and fine-tuning runs are stored: a shared path or a pyarrow filesystem URI; default
+    the run directory."""
 
     @field_validator("run_dir")
     @classmethod
     def _absolute(cls, value: Path) -> Path:
         return value.resolve()
+
+    @field_validator("storage")
+    @classmethod
+    def _absolute_storage(cls, value: str | None) -> str | None:
+        if not value:
+            return None
+        return value.rstrip("/") if "://" in value else str(Path(value).resolve())
+
+    def storage_location(self, *parts: str) -> str:
+        """`<storage>/<parts>`: a local path or a URI."""
+        return "/".join([self.storage or str(self.run_dir), *parts])
 
     @field_validator("benchmarks")
     @classmethod
@@ -107,11 +124,13 @@ def resolve_preprocess(cfg: PipelineConfig) -> PreprocessConfig:
 
 
 def resolve_pretrain(cfg: PipelineConfig, tracking_uri: str, ray_address: str | None) -> PretrainConfig:
-    """The pretraining config reading the pipeline's shards and storing runs in `<run_dir>/pretrain`."""
+    """The pretraining config reading the pipeline's shards and storing runs in `<storage>/pretrain` (or the
+    `storage_path` its overrides name)."""
+    storage = cfg.pretrain.overrides.get("run", {}).get("storage_path") or cfg.storage_location("pretrain")
     forced = {
         "data": {"shards": str(cfg.shards_dir)},
         "run": {
-            "storage_path": str(cfg.run_dir / "pretrain"),
+            "storage_path": storage if "://" in storage else str(Path(storage).resolve()),
             "mlflow_tracking_uri": tracking_uri,
             "mlflow_experiment": cfg.mlflow_experiment,
             "ray_address": ray_address,
@@ -130,10 +149,10 @@ def preprocess_config_hash(cfg: PreprocessConfig) -> str:
 
 def benchmark_config(benchmark: Benchmark, cfg: PipelineConfig, pre_cfg: PreprocessConfig) -> dict[str, Any]:
     """The task config as `run_finetune` sees it: the benchmark's overrides over the pipeline's defaults
-    (the shards' SentencePiece model, Ray Train storage under the run directory), sorted and JSON-plain."""
+    (the shards' SentencePiece model, Ray Train storage in `<storage>/finetune/runs`), sorted and JSON-plain."""
     defaults = {
         "tokenizer": pre_cfg.text.spm_model or str(Path(pre_cfg.output) / "tokenizers" / "spm.model"),
-        "storage_path": str(cfg.run_dir / "finetune" / "runs"),
+        "storage_path": cfg.storage_location("finetune", "runs"),
     }
     return json.loads(json.dumps(defaults | benchmark.overrides, sort_keys=True, default=str))
 

@@ -2,9 +2,10 @@
 
 Calls `evaluation.finetune.run_finetune(task, config, init_checkpoint) -> {"metrics", "mlflow_run_id",
 "checkpoint"}`. The config is the benchmark's overrides over the pipeline's defaults (`tokenizer`: the shards'
-SentencePiece model, `storage_path`: `<run_dir>/finetune/runs`), plus `output_dir` (`<run_dir>/finetune/<task>`),
-`mlflow_tracking_uri`, `mlflow_experiment` and `ray_address` (when set), all flat keys that
-`evaluation.finetune.config` maps to their sections. The run it returns is nested under the pipeline's run.
+SentencePiece model, `storage_path`: `<storage>/finetune/runs`, see `flows.steps.config`), plus `output_dir`
+(`<run_dir>/finetune/<task>`), `mlflow_tracking_uri`, `mlflow_experiment` and `ray_address` (when set), all
+flat keys that `evaluation.finetune.config` maps to their sections. The run it returns is nested under the
+pipeline's run.
 """
 
 import importlib

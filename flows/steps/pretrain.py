@@ -1,22 +1,28 @@
 """Pretrain step: MDM pretraining of the configured recipe on the step's shards, with Ray Train.
 
-The Ray run name is the cache key (`pretrain-<hash>`), so the run directory is deterministic: a finished run is
+The Ray run name is the cache key (`pretrain-<hash>`), so the run's folder in the configured storage (a local
+or shared path, or a pyarrow filesystem URI; see `flows.steps.config`) is deterministic: a finished run is
 reused even when Prefect's cache record is gone, an interrupted one is resumed from its last checkpoint, and
 `--force pretrain` replaces it. The library opens its own MLflow run; it is nested under the pipeline's run.
+When the storage is remote, the final checkpoint is also kept under `<run_dir>/.state/pretrain/<run name>` for
+the fine-tuning steps.
 """
 
 import copy
 import json
-import shutil
 from pathlib import Path
 
 from prefect import task
 
 from beit3_core.train.config import PretrainConfig
 from beit3_core.train.launcher import RUN_INFO, run_pretraining
-from flows.settings import Settings, ensure_ray
+from beit3_core.train.storage import RunStorage
+from flows.settings import Settings, ensure_ray, state_dir
 from flows.steps.keys import code_hash, file_sha256, step_key
 from flows.steps.tracking import Tracking
+
+FINAL = ("final", "model.safetensors")
+RELEASED = ("final", "model_released_layout.pth")
 
 
 def pretrain_key_of(cfg: PretrainConfig, dataset: dict) -> str:
@@ -29,28 +35,39 @@ def pretrain_key(_ctx, params: dict) -> str:
 
 
 @task(cache_key_fn=pretrain_key)
-def pretrain(cfg: PretrainConfig, dataset: dict, settings: Settings, tracking: Tracking, force: bool = False) -> dict:
+def pretrain(
+    cfg: PretrainConfig,
+    dataset: dict,
+    settings: Settings,
+    tracking: Tracking,
+    force: bool = False,
+    run_dir: str | None = None,
+) -> dict:
+    """`run_dir`: the pipeline's run directory, where a remote run's final checkpoint is kept locally."""
     cfg = copy.deepcopy(cfg)
-    cfg.run.name = pretrain_key_of(cfg, dataset)
-    run_dir = Path(cfg.run.storage_path) / cfg.run.name
-    final = run_dir / "final" / "model.safetensors"
-    if force or not final.is_file():
-        if force or not (run_dir / RUN_INFO).is_file():
-            shutil.rmtree(run_dir, ignore_errors=True)  # a fresh start needs a name no run uses yet
-        resume = cfg.run.name if (run_dir / RUN_INFO).is_file() else None
+    name = cfg.run.name = pretrain_key_of(cfg, dataset)
+    storage = RunStorage(cfg.run.storage_path)
+    if force or not storage.exists(name, *FINAL):
+        if force or not storage.exists(name, RUN_INFO):
+            storage.remove(name)  # a fresh start needs a name no run uses yet
+        resume = name if storage.exists(name, RUN_INFO) else None
         ensure_ray(settings, min_cpus=int(cfg.run.num_workers * cfg.run.cpus_per_worker) + 1)
         run_pretraining(cfg, resume=resume)
-    info = json.loads((run_dir / RUN_INFO).read_text())
+    info = json.loads(storage.read_text(name, RUN_INFO))
+    local = state_dir(Path(run_dir or ".")) / "pretrain" / name
+    final = storage.local_copy(local / FINAL[-1], name, *FINAL)
+    released = storage.local_copy(local / RELEASED[-1], name, *RELEASED)
     tracking.adopt(info["mlflow_run_id"], "pretrain", {"beit3.dataset_version": dataset["dataset_version"]})
     metrics = tracking.client().get_run(info["mlflow_run_id"]).data.metrics
     return {
-        "run_name": cfg.run.name,
+        "run_name": name,
         "mlflow_run_id": info["mlflow_run_id"],
         "checkpoint": str(final),
         "checkpoint_sha256": file_sha256(final),
-        "released_checkpoint": str(run_dir / "final" / "model_released_layout.pth"),
+        "released_checkpoint": str(released),
+        "storage": storage.uri,
         "metrics": metrics,
         "dataset_version": dataset["dataset_version"],
         "files": [str(final)],
-        "key": cfg.run.name,
+        "key": name,
     }

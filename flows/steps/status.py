@@ -60,7 +60,7 @@ def pipeline_status(config_path: str | Path) -> list[StepStatus]:
     sources = []
     for spec in pre_cfg.sources:
         try:
-            shards = source_fingerprints(spec, pre_cfg.shards.files_per_shard)
+            shards = source_fingerprints(spec, pre_cfg.shards.files_per_shard, pre_cfg.output)
         except (OSError, ValueError) as error:
             check(f"ingest[{spec.name}]", None, error=str(error))
             sources = None

@@ -37,14 +37,15 @@ def find_files(spec: SourceSpec, suffixes: tuple[str, ...]) -> list[Path]:
         return [spec.path]
     if not spec.path.is_dir():
         raise FileNotFoundError(f"source {spec.name!r}: {spec.path} does not exist")
-    found = []
+    found = []  # strings until sorted: a listing of millions of files is dominated by per-path overhead
     for dirpath, dirnames, filenames in os.walk(spec.path):
         dirnames[:] = [d for d in dirnames if not d.startswith(".")]
         for filename in filenames:
             if not filename.startswith(".") and filename.lower().endswith(suffixes):
-                found.append(Path(dirpath) / filename)
+                found.append(os.path.join(dirpath, filename))
     # Sorting on the relative POSIX path makes record order independent of the file system's listing order.
-    return sorted(found, key=spec.relative)
+    root = str(spec.root)
+    return [Path(path) for path in sorted(found, key=lambda path: spec.relative(path, root))]
 
 
 @dataclass(frozen=True)

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import enum
 import os
+import re
 from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any, Literal
@@ -36,6 +37,9 @@ class RecordError(enum.StrEnum):
     """A row refers to an image file that does not exist."""
     UNREADABLE = "unreadable"
     """A file or container could not be read (I/O error, corrupt tar or Parquet)."""
+
+
+_DOT_SEGMENT = re.compile(r"(^|/)\.\.?(/|$)")
 
 
 @dataclass(kw_only=True, frozen=True)
@@ -80,9 +84,19 @@ class SourceSpec:
         """Directory that `RawRecord.input_file` paths are relative to: `path` itself, or its parent for a file."""
         return self.path.parent if self.path.is_file() else self.path
 
-    def relative(self, path: Path) -> str:
-        """`path` relative to `root`, with forward slashes (may start with `..` for images outside `root`)."""
-        return Path(os.path.relpath(path, self.root)).as_posix()
+    def relative(self, path: Path, root: str | None = None) -> str:
+        """`path` relative to `root`, with forward slashes (may start with `..` for images outside `root`).
+
+        Listing a large source calls this once per file: pass `root=str(spec.root)` to save a stat per call.
+        A path spelled as the root plus a clean tail (the listing's own paths) is cut as a string.
+        """
+        root = str(self.root) if root is None else root
+        text = os.fspath(path)
+        if os.sep == "/" and text.startswith(root) and text[len(root) : len(root) + 1] == "/":
+            tail = text[len(root) + 1 :]
+            if tail and "//" not in tail and not _DOT_SEGMENT.search(tail):
+                return tail
+        return Path(os.path.relpath(path, root)).as_posix()
 
     def to_dict(self, base_dir: str | os.PathLike[str] | None = None) -> dict[str, Any]:
         """Plain dict for YAML/JSON configs, leaving out options at their defaults.

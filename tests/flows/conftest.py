@@ -59,7 +59,9 @@ PRETRAIN_OVERRIDES = micro_pretrain_overrides(loader_workers=0, warmup_steps=2) 
 }
 
 
-def write_pipeline_config(folder: Path, preprocess: Path, benchmarks: list, name: str = "pipeline.yaml") -> Path:
+def write_pipeline_config(
+    folder: Path, preprocess: Path, benchmarks: list, name: str = "pipeline.yaml", storage: str | None = None
+) -> Path:
     """A pipeline YAML over a tiny preprocessing config; no I/O retry delay so failures report at once."""
     import yaml
 
@@ -70,6 +72,8 @@ def write_pipeline_config(folder: Path, preprocess: Path, benchmarks: list, name
         "benchmarks": benchmarks,
         "execution": {"io_retries": 1, "retry_delay_seconds": [0]},
     }
+    if storage:
+        config["storage"] = storage
     path = folder / name
     path.write_text(yaml.safe_dump(config, sort_keys=False))
     return path

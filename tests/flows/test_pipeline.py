@@ -42,7 +42,9 @@ def workspace(tmp_path_factory, pipeline_config_writer):
     # Three of the raw sources keep the DAG small; the preprocessing tests cover every format.
     sources = [s for s in raw["sources"] if s["name"] in ("pairs", "images", "texts")]
     preprocess = tiny_preprocess_config(root, root / "unused-output", sources)
-    return root, pipeline_config_writer(root, preprocess, BENCHMARKS), preprocess
+    # Runs are stored where the config says (a pyarrow filesystem URI here), not under the run directory.
+    storage = (root / "shared-storage").as_uri()
+    return root, pipeline_config_writer(root, preprocess, BENCHMARKS, storage=storage), preprocess
 
 
 @pytest.fixture(scope="module")
@@ -61,7 +63,7 @@ def bench_changed(rerun, workspace, pipeline_config_writer, fake_finetune):
     root, _, preprocess = workspace
     before = dict(fake_finetune.CALLS)
     benchmarks = ["vqav2", {"task": "nlvr2", "overrides": {"epochs": 3}}, "coco_captioning"]
-    config = pipeline_config_writer(root, preprocess, benchmarks)
+    config = pipeline_config_writer(root, preprocess, benchmarks, storage=(root / "shared-storage").as_uri())
     return _run(config), before
 
 
@@ -81,6 +83,9 @@ def test_first_run_executes_every_step_and_writes_results(first_run, prefect_sta
         assert entry["status"] == "completed" and 50 <= entry["metrics"]["accuracy"] < 90
     assert results["benchmarks"]["nlvr2"]["metrics"]["epochs"] == 1
     assert Path(results["pretrain"]["checkpoint"]).is_file()
+    storage = Path(first_run["run_dir"]).parent / "shared-storage" / "pretrain"
+    assert [str(p) for p in storage.glob("*/final/model.safetensors")] == [results["pretrain"]["checkpoint"]]
+    assert not (Path(first_run["run_dir"]) / "pretrain").exists()
     assert results["pretrain"]["metrics"]["loss"] > 0
     manifest = json.loads((Path(first_run["run_dir"]) / "shards" / "manifest.json").read_text())
     assert results["dataset_version"] == manifest["dataset_version"]

@@ -192,3 +192,23 @@ def test_bad_shard_can_be_skipped(shards, tmp_path):
     config.write_text(yaml.safe_dump(data))
     out = _pretrain(config)
     assert "final loss" in out.stdout
+
+
+def test_fsdp_run_resumed_on_one_worker_equals_the_uninterrupted_run(reference_run, shards, tmp_path):
+    """FSDP2 on a CPU mesh (gloo): 2 workers save sharded checkpoints, one is killed, the run resumes on 1 worker
+    (the same 2 data ranks, now both on one worker) and ends with the weights of the uninterrupted DDP run."""
+    storage, _ = reference_run
+    runs = tmp_path / "runs"
+    marker = tmp_path / "killed"
+    fault = {"kill_rank": 1, "at_step": 6, "marker": str(marker)}
+    config = _write_config(tmp_path, shards, runs, strategy="fsdp", max_failures=0, fault_injection=fault)
+    failed = _pretrain(config, check=False)
+    assert failed.returncode != 0 and marker.read_text() == "killed rank 1 at step 6\n"
+    (run_dir,) = runs.glob("pretrain-*")
+    (checkpoint,) = [p for p in run_dir.glob("checkpoint_*") if p.is_dir()]
+    assert sorted(p.name for p in checkpoint.glob("*.distcp")) == ["__0_0.distcp", "__1_0.distcp"]
+    assert not (run_dir / "final").exists()
+
+    resumed = _pretrain(config, "--resume", run_dir.name, "--set", "run.num_workers=1", "--set", "run.data_ranks=2")
+    assert f"run {run_dir.name}" in resumed.stdout
+    assert _max_diff(load_file(run_dir / "final/model.safetensors"), _final_weights(storage)) <= 1e-6

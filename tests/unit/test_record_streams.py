@@ -8,25 +8,48 @@ import pytest
 from support.shards import build_test_shards
 
 from beit3_core.train.config import DataSection
-from beit3_core.train.streams import EOS_ID, BatchBuilder, RecordStream, _round_robin, pack_sequences, read_shard_refs
+from beit3_core.train.record_plan import StreamPlan, group_position
+from beit3_core.train.streams import EOS_ID, BatchBuilder, RecordStream, pack_sequences, read_shard_refs
 
 
-def test_round_robin_takes_one_record_per_open_source_in_turn():
-    sources = [iter(["a1", "a2", "a3"]), iter(["b1"]), iter(["c1", "c2"]), iter(["d1", "d2"])]
-    assert list(_round_robin(sources, 2)) == ["a1", "b1", "a2", "c1", "a3", "c2", "d1", "d2"]
+def round_robin_brute_force(counts: list[int]) -> list[tuple[int, int]]:
+    """One record of each shard in turn, shards dropping out as they run out: (shard, offset) per position."""
+    sources = [iter([(i, k) for k in range(c)]) for i, c in enumerate(counts)]
+    out = []
+    while sources:
+        alive = []
+        for source in sources:
+            item = next(source, None)
+            if item is not None:
+                out.append(item)
+                alive.append(source)
+        sources = alive
+    return out
 
 
-@pytest.mark.parametrize("width", [1, 2, 5])
-def test_round_robin_yields_every_record_once(width):
-    rng = np.random.default_rng(width)
-    lengths = rng.integers(0, 7, size=6)
-    sources = [[f"{s}-{i}" for i in range(n)] for s, n in enumerate(lengths)]
-    out = list(_round_robin([iter(s) for s in sources], width))
-    assert sorted(out) == sorted(r for s in sources for r in s)
-    for source in sources:  # each source keeps its own order
-        assert [r for r in out if r in source] == source
-    if width == 1:
-        assert out == [r for s in sources for r in s]
+@pytest.mark.parametrize("seed", range(5))
+def test_group_position_equals_a_round_robin(seed):
+    rng = np.random.default_rng(seed)
+    counts = tuple(int(c) for c in rng.integers(0, 9, size=int(rng.integers(1, 7))))
+    if sum(counts) == 0:
+        counts = (1, *counts)
+    assert [group_position(counts, q) for q in range(sum(counts))] == round_robin_brute_force(list(counts))
+
+
+@pytest.mark.parametrize("world_size", [1, 3, 20])
+def test_plan_covers_each_record_at_most_once_per_epoch(world_size):
+    counts = [int(c) for c in np.random.default_rng(world_size).integers(0, 30, size=13)]
+    for epoch_start in (0, 1):
+        seen, lengths = collections.Counter(), set()
+        for rank in range(world_size):
+            plan = StreamPlan(counts, "text", rank, world_size, seed=3, open_shards=4, window=7)
+            start = sum(plan.epoch(e).length for e in range(epoch_start))
+            lengths.add(plan.epoch(epoch_start).length)
+            seen.update(plan.locate(start + p) for p in range(plan.epoch(epoch_start).length))
+        assert max(seen.values()) == 1 and len(lengths) == 1
+        assert all(shard < len(counts) and offset < counts[shard] for shard, offset in seen)
+        # The epoch is the smallest rank's share: every record of the smallest rank's shards is read.
+        assert len(seen) == world_size * lengths.pop()
 
 
 def test_pack_sequences_keeps_every_token_in_order_and_fills_rows():

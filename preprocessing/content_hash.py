@@ -1,0 +1,170 @@
+"""Content hashes of raw input files, computed once and remembered against cheap file metadata.
+
+Content identity decides what changed: a shard's fingerprint hashes the sha256 of its files' bytes. Reading
+every byte of a large corpus to find out that nothing changed costs days at corpus scale, so a `HashMemo`
+remembers each file's sha256 together with its metadata (size, mtime_ns, ctime_ns, inode). A file whose
+metadata is unchanged keeps its remembered hash (a `stat`, no read); any other file is read and hashed again,
+so a touched-but-identical file gets the same hash, and hence the same cache keys, after one re-read.
+
+ctime and the inode are part of the identity because no user tool sets them: a rewrite that restores the old
+mtime (`cp -p`, `touch -d`, an editor's rename-over) still changes them and is re-hashed.
+
+The memo never outlives the files it points to: it is rebuilt from the current listing on every call, so
+entries of deleted, renamed or changed files are dropped, and it is written (atomically) only when it changed.
+
+Misses are hashed in parallel: as Ray tasks (batches of files, at most 2x the cluster's CPUs in flight) when
+Ray is initialised, else in a local thread pool (hashlib releases the GIL on large buffers). On a cluster the
+Ray workers read the same paths as the driver, as the preprocessing tasks do.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import sys
+from collections.abc import Callable, Iterable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from preprocessing.atomic import write_atomic
+
+CHUNK_BYTES = 1 << 20
+BATCH_BYTES = 64 << 20
+"""Hash tasks take files until they hold this many bytes (or `BATCH_FILES` files): few tasks, even load."""
+BATCH_FILES = 512
+
+_SCHEMA = pa.schema(
+    [
+        ("path", pa.string()),
+        ("size", pa.int64()),
+        ("mtime_ns", pa.int64()),
+        ("ctime_ns", pa.int64()),
+        ("inode", pa.int64()),
+        ("sha256", pa.string()),
+    ]
+)
+
+Identity = tuple[int, int, int, int]
+"""(size, mtime_ns, ctime_ns, inode) of a file."""
+
+
+def file_sha256(path: str | os.PathLike[str]) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(CHUNK_BYTES), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def hash_batch(paths: list[str]) -> list[str]:
+    """sha256 of each file, in order (the body of one Ray task)."""
+    return [file_sha256(path) for path in paths]
+
+
+def file_identity(path: str | os.PathLike[str]) -> Identity:
+    st = os.stat(path)
+    return st.st_size, st.st_mtime_ns, st.st_ctime_ns, st.st_ino
+
+
+@dataclass
+class HashStats:
+    num_files: int = 0
+    num_hashed: int = 0
+    """Files read and hashed (new, changed, or touched)."""
+    bytes_hashed: int = 0
+    num_pruned: int = 0
+    """Memo entries dropped because their file is gone or changed."""
+
+
+@dataclass
+class HashMemo:
+    """Absolute path -> (identity, sha256), loaded from and saved to one Parquet file (or kept in memory)."""
+
+    location: Path | None = None
+    entries: dict[str, tuple[Identity, str]] = field(default_factory=dict)
+    stats: HashStats = field(default_factory=HashStats)
+    before_hashing: Callable[[], None] | None = None
+    """Called once before any file is read (e.g. to start Ray only when there is something to hash)."""
+
+    @classmethod
+    def open(cls, location: str | os.PathLike[str] | None) -> HashMemo:
+        memo = cls(Path(location) if location else None)
+        if memo.location is not None and memo.location.is_file():
+            table = pq.read_table(memo.location, schema=_SCHEMA).to_pydict()
+            rows = zip(*(table[name] for name in _SCHEMA.names), strict=True)
+            memo.entries = {path: ((size, mt, ct, ino), sha) for path, size, mt, ct, ino, sha in rows}
+        return memo
+
+    def hashes(self, paths: Iterable[str | os.PathLike[str]]) -> dict[str, str]:
+        """Absolute path -> sha256 of every file in `paths`; only files whose identity changed are read.
+
+        The memo then holds exactly these files and is saved if anything differs from what was loaded.
+        """
+        current: dict[str, Identity] = {}
+        for path in paths:
+            key = path if isinstance(path, str) and _is_normal_absolute(path) else os.path.abspath(path)
+            current[key] = file_identity(key)
+        known = {p: e[1] for p, e in self.entries.items() if current.get(p) == e[0]}
+        missing = [p for p in current if p not in known]
+        if missing and self.before_hashing is not None:
+            self.before_hashing()
+        fresh = dict(zip(missing, hash_files(missing, [current[p][0] for p in missing]), strict=True))
+        self.stats = HashStats(
+            num_files=len(current),
+            num_hashed=len(missing),
+            bytes_hashed=sum(current[p][0] for p in missing),
+            num_pruned=len(self.entries) - len(known),
+        )
+        changed = bool(missing) or len(known) != len(self.entries)
+        self.entries = {p: (current[p], known.get(p) or fresh[p]) for p in current}
+        if changed:
+            self.save()
+        return {p: sha for p, (_, sha) in self.entries.items()}
+
+    def save(self) -> None:
+        if self.location is None:
+            return
+        paths = list(self.entries)
+        ids = [self.entries[p][0] for p in paths]
+        columns = [paths, *([i[k] for i in ids] for k in range(4)), [self.entries[p][1] for p in paths]]
+        arrays = [pa.array(c, t) for c, t in zip(columns, _SCHEMA.types, strict=True)]
+        table = pa.Table.from_arrays(arrays, schema=_SCHEMA)
+        self.location.parent.mkdir(parents=True, exist_ok=True)
+        write_atomic(self.location, lambda f: pq.write_table(table, f))
+
+
+def _is_normal_absolute(path: str) -> bool:
+    return path.startswith("/") and "//" not in path and "/." not in path and not path.endswith("/")
+
+
+def hash_files(paths: list[str], sizes: list[int] | None = None) -> list[str]:
+    """sha256 of each file, in order, hashed in parallel (Ray tasks when Ray is initialised, else threads)."""
+    if not paths:
+        return []
+    batches = _batches(paths, sizes or [os.path.getsize(p) for p in paths])
+    # Ray cannot be initialised unless imported; importing it only to ask costs a second.
+    ray = sys.modules.get("ray")
+    if ray is not None and ray.is_initialized():
+        from preprocessing.ray_tasks import run_tasks
+
+        results = run_tasks(hash_batch, [(batch,) for batch in batches], {"num_cpus": 1})
+    else:
+        with ThreadPoolExecutor(max_workers=os.cpu_count() or 1) as pool:
+            results = list(pool.map(hash_batch, batches))
+    return [sha for batch in results for sha in batch]
+
+
+def _batches(paths: list[str], sizes: list[int]) -> list[list[str]]:
+    batches: list[list[str]] = [[]]
+    total = 0
+    for path, size in zip(paths, sizes, strict=True):
+        if batches[-1] and (total >= BATCH_BYTES or len(batches[-1]) >= BATCH_FILES):
+            batches.append([])
+            total = 0
+        batches[-1].append(path)
+        total += size
+    return batches
