@@ -32,6 +32,14 @@ def pretrain_key(_ctx, params: dict) -> str:
 def pretrain(cfg: PretrainConfig, dataset: dict, settings: Settings, tracking: Tracking, force: bool = False) -> dict:
     cfg = copy.deepcopy(cfg)
     cfg.run.name = pretrain_key_of(cfg, dataset)
+    return run_training(cfg, "pretrain", dataset, settings, tracking, force, {})
+
+
+def run_training(
+    cfg: PretrainConfig, step: str, dataset: dict, settings: Settings, tracking: Tracking, force: bool, tags: dict
+) -> dict:
+    """Run (or reuse, or resume) the Ray Train run named `cfg.run.name` and describe its final checkpoint; shared by
+    the pretrain and ITC steps, which differ in config and cache key only."""
     run_dir = Path(cfg.run.storage_path) / cfg.run.name
     final = run_dir / "final" / "model.safetensors"
     if force or not final.is_file():
@@ -41,7 +49,7 @@ def pretrain(cfg: PretrainConfig, dataset: dict, settings: Settings, tracking: T
         ensure_ray(settings, min_cpus=int(cfg.run.num_workers * cfg.run.cpus_per_worker) + 1)
         run_pretraining(cfg, resume=resume)
     info = json.loads((run_dir / RUN_INFO).read_text())
-    tracking.adopt(info["mlflow_run_id"], "pretrain", {"beit3.dataset_version": dataset["dataset_version"]})
+    tracking.adopt(info["mlflow_run_id"], step, {"beit3.dataset_version": dataset["dataset_version"]} | tags)
     metrics = tracking.client().get_run(info["mlflow_run_id"]).data.metrics
     return {
         "run_name": cfg.run.name,
