@@ -27,16 +27,10 @@ def _benchmarks(args: argparse.Namespace) -> tuple[str, dict]:
         return args.run, {unit: entry.get("metrics", {}) for unit, entry in results["benchmarks"].items()}
     import mlflow
 
-    from flows.settings import Settings
+    from flows.commands.compare import tracking_uri_of
     from flows.steps.compare import load_run_metrics
 
-    settings = Settings()
-    if args.config:
-        from flows.steps.config import load_pipeline_config
-
-        uri = settings.tracking_uri(load_pipeline_config(args.config).run_dir)
-    else:
-        uri = args.tracking_uri or settings.mlflow_tracking_uri
+    uri = tracking_uri_of(args)
     if not uri:
         raise ValueError("give --config, --tracking-uri or MLFLOW_TRACKING_URI (or a results.json)")
     (metrics,) = load_run_metrics(mlflow.MlflowClient(tracking_uri=uri), [args.run])
