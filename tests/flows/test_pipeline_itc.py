@@ -112,5 +112,5 @@ def test_leaky_test_split_fails_the_step_naming_the_records(first_run, workspace
         _run(workspace[2], only=[f"zeroshot:{UNIT}"])
     message = str(failure.value)
     assert f"step zeroshot[{UNIT}] failed" in message and "is not zero-shot: 2 test records" in message
-    assert "image flickr30k-images/1000001.jpg = pairs/000005" in message
-    assert f"caption flickr30k-images/1000001.jpg: '{caption(5)}' = pairs/000005" in message
+    assert "image flickr30k-images/1000001.jpg = pairs/part-00000.tar#000005" in message
+    assert f"caption flickr30k-images/1000001.jpg: '{caption(5)}' = pairs/part-00000.tar#000005" in message
