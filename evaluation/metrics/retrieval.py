@@ -129,7 +129,8 @@ def _text_retrieval_hits(
     for start in range(0, num_images, chunk_size):
         scores_CT = image_rows(start, start + chunk_size)
         top_CK = scores_CT.topk(max_k, dim=1).indices
-        image_ids_C = torch.arange(start, start + scores_CT.shape[0], device=text_to_image_T.device)
+        del scores_CT  # free this chunk before the next one is computed
+        image_ids_C = torch.arange(start, start + top_CK.shape[0], device=text_to_image_T.device)
         match_CK = text_to_image_T[top_CK] == image_ids_C[:, None]
         # Several own captions may rank in the top k; any() counts the image once.
         for i, k in enumerate(ks):
@@ -151,6 +152,7 @@ def _image_retrieval_hits(
     for start in range(0, num_texts, chunk_size):
         scores_CI = text_rows(start, start + chunk_size)
         top_CK = scores_CI.topk(max_k, dim=1).indices
+        del scores_CI
         match_CK = top_CK == text_to_image_T[start : start + chunk_size, None]
         for i, k in enumerate(ks):
             hits_K[i] += match_CK[:, :k].any(dim=1).sum()
