@@ -5,9 +5,13 @@ encodings of one picture (the shards store a re-encoded JPEG at a fixed short si
 smaller JPEG). Each image is reduced to a fingerprint that survives resizing and re-encoding: the upright RGB
 picture, transparency composited on white, shrunk to 16 x 16 with box averaging (JPEG noise averages out), plus
 its aspect ratio. Two images are the same picture when their aspect ratios agree within 3% and their
-thumbnails differ by less than 8 grey levels on average (re-encoding a picture moves it by ~1-4, distinct
-pictures of the test fixtures lie 17 or more apart). Captions are compared after normalisation (Unicode
-NFKC, case folding, punctuation dropped, whitespace collapsed) with every caption and text in the shards.
+thumbnails differ by less than 3.5 grey levels on average. Measured on the demo (a benchmark copy is a 96 px
+JPEG, the stored one a 256 px JPEG): that finds 100% of the emoji copies and 80% of the Tux Paint stamp copies
+(thin line art moves more when shrunk twice), while distinct but similar pictures (two clock faces that differ
+in their hands) lie 3.8 and more apart. It is a check for copies, not a near-duplicate search.
+
+Captions are compared after normalisation (Unicode NFKC, case folding, punctuation dropped, whitespace
+collapsed) with every caption and text in the shards.
 """
 
 from __future__ import annotations
@@ -30,7 +34,7 @@ _LENIENT = ImageRules(min_side=1, max_aspect=1e9)
 _PUNCTUATION = re.compile(r"[^\w\s]")
 _MAX_LISTED = 10
 THUMB = 16
-MAX_MEAN_DIFFERENCE = 8.0
+MAX_MEAN_DIFFERENCE = 3.5
 """Mean absolute difference (grey levels, 0-255) below which two thumbnails show the same picture."""
 MAX_ASPECT_DIFFERENCE = 0.03
 

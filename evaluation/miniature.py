@@ -42,10 +42,12 @@ from typing import Any
 
 from PIL import Image
 
+from evaluation.leakage import normalise_caption
+
 logger = logging.getLogger(__name__)
 
 MANIFEST = "miniature_manifest.json"
-VERSION = 2
+VERSION = 3
 HELDOUT = "heldout"  # preprocessing.demo_data.HELDOUT
 TASK_FOLDERS = ("imagenet", "coco", "flickr30k", "vqav2", "nlvr2")
 _ARTICLES = ("a", "an", "the")
@@ -101,7 +103,7 @@ def build_miniature_benchmarks(
     rng = random.Random(seed)
     stamps = _read_tuxpaint(demo_root / "tuxpaint")
     rng.shuffle(stamps)
-    held_stamps = _read_tuxpaint(demo_root / HELDOUT / "tuxpaint")
+    held_stamps = _unseen_captions(_read_tuxpaint(demo_root / HELDOUT / "tuxpaint"), stamps)
     rng.shuffle(held_stamps)
     coco_stamps, held = _test_first(stamps, held_stamps, num_caption_images)
     used = len(coco_stamps) - (_num_test(num_caption_images) if held else 0)
@@ -333,9 +335,17 @@ def _emoji_rows(folder: Path, rng: random.Random) -> list[dict[str, Any]]:
     return [row | {"image": folder / row["image"]} for row in rows]
 
 
+def _unseen_captions(held: list[dict[str, Any]], corpus: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The held-out items whose caption no corpus item has (several stamps share "A cow."): a test caption seen
+    in pretraining would make the zero-shot units' leakage check fail."""
+    seen = {normalise_caption(item["caption"]) for item in corpus}
+    return [item for item in held if normalise_caption(item["caption"]) not in seen]
+
+
 def _build_flickr(demo_root: Path, dest: Path, num_images: int, rng: random.Random) -> dict[str, int]:
     corpus = _emoji_rows(demo_root / "emoji", rng)
-    rows, test_held_out = _test_first(corpus, _emoji_rows(demo_root / HELDOUT / "emoji", rng), num_images)
+    held = _unseen_captions(_emoji_rows(demo_root / HELDOUT / "emoji", rng), corpus)
+    rows, test_held_out = _test_first(corpus, held, num_images)
     images, counts = [], defaultdict(int)
     for imgid, (row, split) in enumerate(zip(rows, _karpathy_splits(len(rows)), strict=True)):
         filename = f"{1000000 + imgid}.jpg"

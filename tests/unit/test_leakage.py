@@ -30,7 +30,7 @@ def _flickr(root, images):
     entries = []
     for imgid, (image, captions) in enumerate(images):
         filename = f"{1000000 + imgid}.jpg"
-        image.save(root / "flickr30k-images" / filename, quality=80)
+        image.save(root / "flickr30k-images" / filename, quality=90)
         sentences = [{"raw": c, "tokens": c.split(), "imgid": imgid, "sentid": j} for j, c in enumerate(captions)]
         entries.append({"filename": filename, "imgid": imgid, "split": "test", "sentids": [], "sentences": sentences})
     (root / "dataset_flickr30k.json").write_text(json.dumps({"dataset": "flickr30k", "images": entries}))
