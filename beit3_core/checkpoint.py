@@ -22,6 +22,7 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 
 from beit3_core.config import BEiT3Config, get_config
+from beit3_core.itc import ITC_HEAD_KEYS, BEiT3ForITC
 from beit3_core.mdm import BEiT3ForMDM
 from beit3_core.model import BEiT3
 
@@ -30,6 +31,7 @@ logger = logging.getLogger(__name__)
 BACKBONE_PREFIX = "beit3."
 BACKBONE_ROOTS = ("text_embed", "vision_embed", "encoder")
 MDM_HEAD_PREFIXES = ("mim_head.", "mlm_head.")
+HeadedModel = BEiT3ForMDM | BEiT3ForITC
 VISION_POSITIONS_KEY = "encoder.embed_positions.A.weight"
 FINAL_NORM_PREFIX = "encoder.layer_norm."
 # Rows of the vision position table before the patch grid: two unused (fairseq offset) + CLS.
@@ -45,6 +47,8 @@ class LoadReport:
     """Keys not used (task heads, the final LN of models built without it, MDM heads when loading a backbone)."""
     interpolated: tuple[int, int] | None = None
     """(old, new) patch grid side when the vision positions were resized."""
+    missing_heads: list[str] = field(default_factory=list)
+    """Head keys the file lacks, left at their initialisation (only when loaded with strict_heads=False)."""
 
     def log(self, path: str | Path) -> None:
         if self.interpolated:
@@ -52,6 +56,8 @@ class LoadReport:
         if self.ignored_keys:
             heads = sorted({k.split(".")[0] for k in self.ignored_keys})
             logger.info("%s: ignored %d unused keys (%s)", path, len(self.ignored_keys), ", ".join(heads))
+        if self.missing_heads:
+            logger.info("%s: holds no %s; left at initialisation", path, ", ".join(self.missing_heads))
 
 
 def read_released_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
@@ -91,11 +97,22 @@ def interpolate_vision_positions(weight: torch.Tensor, num_patches: int) -> torc
     return torch.cat([extra, grid], dim=0)
 
 
+def _head_prefixes(model: nn.Module) -> tuple[str, ...]:
+    if isinstance(model, BEiT3ForMDM):
+        return MDM_HEAD_PREFIXES
+    return ITC_HEAD_KEYS if isinstance(model, BEiT3ForITC) else ()
+
+
 def load_released_state_dict(
-    model: BEiT3 | BEiT3ForMDM, state_dict: dict[str, torch.Tensor], source: str = "checkpoint"
+    model: BEiT3 | HeadedModel, state_dict: dict[str, torch.Tensor], source: str = "checkpoint", strict_heads=True
 ) -> LoadReport:
-    """Load a released-layout state dict into `model`: the backbone (and MDM heads) strictly, the rest reported."""
-    backbone = model.beit3 if isinstance(model, BEiT3ForMDM) else model
+    """Load a released-layout state dict into `model`: the backbone (and MDM or ITC heads) strictly, the rest reported.
+
+    With `strict_heads=False` heads the file lacks stay at their initialisation (ITC tuning starting from an
+    MDM checkpoint); heads it holds must still have the model's shapes.
+    """
+    backbone = model if isinstance(model, BEiT3) else model.beit3
+    head_prefixes = _head_prefixes(model)
     report = LoadReport()
     weights: dict[str, torch.Tensor] = {}
     heads: dict[str, torch.Tensor] = {}
@@ -106,7 +123,7 @@ def load_released_state_dict(
         elif not has_prefix and key.split(".")[0] in BACKBONE_ROOTS:
             # A bare backbone state dict (e.g. torchscale's BEiT3 itself) has the same names without the prefix.
             weights[key] = value
-        elif key.startswith(MDM_HEAD_PREFIXES) and isinstance(model, BEiT3ForMDM):
+        elif head_prefixes and key.startswith(head_prefixes):
             heads[key] = value
         else:
             report.ignored_keys.append(key)
@@ -126,11 +143,19 @@ def load_released_state_dict(
 
     _check_keys(backbone, weights, source, prefix=BACKBONE_PREFIX)
     backbone.load_state_dict(weights, strict=True)
-    if isinstance(model, BEiT3ForMDM):
-        expected = {k: v for k, v in model.state_dict().items() if k.startswith(MDM_HEAD_PREFIXES)}
+    if head_prefixes:
+        expected = {k: v for k, v in model.state_dict().items() if k.startswith(head_prefixes)}
+        if not strict_heads:
+            expected = {k: v for k, v in expected.items() if k in heads}
+            report.missing_heads = sorted(set(_head_names(model)) - set(heads))
         _check_keys_against(expected, heads, source, prefix="")
         model.load_state_dict(heads, strict=False)
     return report
+
+
+def _head_names(model: nn.Module) -> list[str]:
+    prefixes = _head_prefixes(model)
+    return [k for k in model.state_dict() if prefixes and k.startswith(prefixes)]
 
 
 def _check_keys(module: nn.Module, weights: dict[str, torch.Tensor], source: str, prefix: str) -> None:
@@ -175,23 +200,32 @@ def load_released_mdm(path: str | Path, name: str = "beit3_base_patch16_224", **
     return model
 
 
-def released_state_dict(model: BEiT3 | BEiT3ForMDM) -> dict[str, torch.Tensor]:
-    """`model`'s weights in the released key layout (`beit3.` prefix; MDM heads at the top level)."""
+def load_released_itc(path: str | Path, name: str = "beit3_base_patch16_224", **overrides) -> BEiT3ForITC:
+    """The dual encoder from a released ITC file (`beit3_*_itc_patch16_224.pth`): backbone and heads strictly."""
+    model = BEiT3ForITC(get_config(name, **overrides))
+    load_released_state_dict(model, read_released_state_dict(path), str(path)).log(path)
+    return model
+
+
+def released_state_dict(model: BEiT3 | HeadedModel) -> dict[str, torch.Tensor]:
+    """`model`'s weights in the released key layout (`beit3.` prefix; MDM or ITC heads at the top level)."""
     if not model.config.is_release_layout:
         raise ValueError("only the release architecture (decoupled, subln, no VL experts) has a released layout")
-    if isinstance(model, BEiT3ForMDM):
-        return model.state_dict()  # already `beit3.*`, `mim_head.*`, `mlm_head.*`
+    if not isinstance(model, BEiT3):
+        # already `beit3.*` plus `mim_head.*`, `mlm_head.*` or `vision_head.weight`, `language_head.weight`,
+        # `logit_scale`
+        return model.state_dict()
     return {BACKBONE_PREFIX + k: v for k, v in model.state_dict().items()}
 
 
-def export_released_checkpoint(model: BEiT3 | BEiT3ForMDM, path: str | Path) -> Path:
+def export_released_checkpoint(model: BEiT3 | HeadedModel, path: str | Path) -> Path:
     """Write `{"model": state_dict}` in the released layout, atomically."""
     state = {k: v.detach().cpu().contiguous() for k, v in released_state_dict(model).items()}
     return _atomic_write(Path(path), lambda tmp: torch.save({"model": state}, tmp))
 
 
 def save_checkpoint(
-    model: BEiT3 | BEiT3ForMDM,
+    model: BEiT3 | HeadedModel,
     path: str | Path,
     metadata: dict[str, str] | None = None,
     state_dict: dict[str, torch.Tensor] | None = None,
@@ -203,7 +237,7 @@ def save_checkpoint(
     state = {k: v.detach().cpu().contiguous() for k, v in (state_dict or model.state_dict()).items()}
     header = {
         "format": SAFETENSORS_FORMAT,
-        "kind": "mdm" if isinstance(model, BEiT3ForMDM) else "backbone",
+        "kind": "mdm" if isinstance(model, BEiT3ForMDM) else "itc" if isinstance(model, BEiT3ForITC) else "backbone",
         "config": json.dumps(model.config.to_dict()),
     }
     if isinstance(model, BEiT3ForMDM):
@@ -219,7 +253,7 @@ def read_checkpoint_metadata(path: str | Path) -> dict[str, str]:
         return f.metadata() or {}
 
 
-def load_checkpoint(path: str | Path, **overrides) -> BEiT3 | BEiT3ForMDM:
+def load_checkpoint(path: str | Path, **overrides) -> BEiT3 | HeadedModel:
     """Rebuild a model saved by `save_checkpoint` (config from the file, fields overridable) and load it strictly."""
     path = Path(path)
     if not path.is_file():
@@ -230,12 +264,26 @@ def load_checkpoint(path: str | Path, **overrides) -> BEiT3 | BEiT3ForMDM:
     config = BEiT3Config(**json.loads(metadata["config"])).replace(**overrides)
     if metadata.get("kind") == "mdm":
         model = BEiT3ForMDM(config, loss_weights=json.loads(metadata.get("loss_weights", "{}")))
+    elif metadata.get("kind") == "itc":
+        model = BEiT3ForITC(config)
     else:
         model = BEiT3(config)
     state = load_file(str(path))
     _check_keys(model, state, str(path), prefix="")
     model.load_state_dict(state, strict=True)
     return model
+
+
+def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
+    """A released `.pth` or one of our safetensors models as one state dict in the released naming: the backbone
+    under `beit3.`, heads (MDM or ITC) at the top level."""
+    path = Path(path)
+    if path.suffix != ".safetensors":
+        return read_released_state_dict(path)
+    loaded = load_checkpoint(path)
+    if isinstance(loaded, BEiT3):
+        return {BACKBONE_PREFIX + k: v for k, v in loaded.state_dict().items()}
+    return loaded.state_dict()
 
 
 def _atomic_write(path: Path, write) -> Path:

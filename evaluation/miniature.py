@@ -14,6 +14,11 @@ the same code paths as the real benchmarks:
 - `nlvr2/`: `nlvr2/data/{train,dev,test1}.json`, `images/train/<dir>/`, `dev/`, `test1/`, from templates over
   Fashion-MNIST pairs.
 
+The Karpathy test images of `coco/` and `flickr30k/` come from the demo corpus's `heldout/` stamps and emoji,
+which the demo pretraining corpus does not contain, so the zero-shot units (11, 12) evaluated on them are
+zero-shot; without a `heldout/` folder (older corpora) they come from the corpus and the Karpathy files say so
+(`info.test_held_out: false`).
+
 Nothing here is a real benchmark: one caption per image (COCO has ~5, NoCaps 10), NoCaps domains are assigned
 by position in stamp order (marked `synthetic`), VQA questions and NLVR2 statements come from templates
 (marked `template_generated: true`). The build is deterministic for a seed (sorted inputs, one seeded
@@ -26,6 +31,7 @@ from __future__ import annotations
 import hashlib
 import io
 import json
+import logging
 import random
 import re
 import shutil
@@ -36,8 +42,13 @@ from typing import Any
 
 from PIL import Image
 
+from evaluation.leakage import normalise_caption
+
+logger = logging.getLogger(__name__)
+
 MANIFEST = "miniature_manifest.json"
-VERSION = 1
+VERSION = 3
+HELDOUT = "heldout"  # preprocessing.demo_data.HELDOUT
 TASK_FOLDERS = ("imagenet", "coco", "flickr30k", "vqav2", "nlvr2")
 _ARTICLES = ("a", "an", "the")
 _IMAGE_SIDE = 96  # long side of written JPEGs: small files, still larger than test models' inputs
@@ -92,13 +103,16 @@ def build_miniature_benchmarks(
     rng = random.Random(seed)
     stamps = _read_tuxpaint(demo_root / "tuxpaint")
     rng.shuffle(stamps)
-    coco_stamps = stamps[:num_caption_images]
-    nocaps_stamps = stamps[num_caption_images : num_caption_images + num_nocaps_images]
+    held_stamps = _unseen_captions(_read_tuxpaint(demo_root / HELDOUT / "tuxpaint"), stamps)
+    rng.shuffle(held_stamps)
+    coco_stamps, held = _test_first(stamps, held_stamps, num_caption_images)
+    used = len(coco_stamps) - (_num_test(num_caption_images) if held else 0)
+    nocaps_stamps = stamps[used : used + num_nocaps_images]
     summary = {
         "imagenet": _build_imagenet(demo_root / "fashion_mnist", out_root / "imagenet", images_per_class, rng),
-        "coco": _build_coco(coco_stamps, out_root / "coco"),
+        "coco": _build_coco(coco_stamps, out_root / "coco", held),
         "nocaps": _build_nocaps(nocaps_stamps, out_root / "coco"),
-        "flickr30k": _build_flickr(demo_root / "emoji", out_root / "flickr30k", num_caption_images, rng),
+        "flickr30k": _build_flickr(demo_root, out_root / "flickr30k", num_caption_images, rng),
         "vqav2": _build_vqa(out_root / "coco", out_root / "vqav2", rng),
         "nlvr2": _build_nlvr2(demo_root / "fashion_mnist", out_root / "nlvr2", num_nlvr2_sets, rng),
     }
@@ -227,9 +241,23 @@ def _mkparent(path: Path) -> Path:
 # ---- Karpathy-style caption files ----------------------------------------------------------------------------
 
 
+def _num_test(num_images: int) -> int:
+    return max(2, num_images // 6)
+
+
+def _test_first(corpus: list, held: list, num_images: int) -> tuple[list, bool]:
+    """Items for `num_images` Karpathy positions, the test positions (first) filled from `held` when it has
+    enough; (items, whether the test images are held out)."""
+    num_test = _num_test(num_images)
+    if len(held) >= num_test:
+        return held[:num_test] + corpus[: num_images - num_test], True
+    logger.warning("%d held-out images for %d test positions: test images come from the corpus", len(held), num_test)
+    return corpus[:num_images], False
+
+
 def _karpathy_splits(num_images: int) -> list[str]:
     """Split per position: 1/6 test, 1/6 val, 1/12 restval, the rest train (each at least 2 when possible)."""
-    num_test = num_val = max(2, num_images // 6)
+    num_test = num_val = _num_test(num_images)
     num_restval = max(1, num_images // 12)
     splits = ["test"] * num_test + ["val"] * num_val + ["restval"] * num_restval
     return (splits + ["train"] * num_images)[:num_images]
@@ -239,7 +267,7 @@ def _sentence(raw: str, imgid: int, sentid: int) -> dict[str, Any]:
     return {"raw": raw, "tokens": _caption_tokens(raw), "imgid": imgid, "sentid": sentid}
 
 
-def _build_coco(stamps: list[dict[str, Any]], dest: Path) -> dict[str, int]:
+def _build_coco(stamps: list[dict[str, Any]], dest: Path, test_held_out: bool) -> dict[str, int]:
     images, counts = [], defaultdict(int)
     for imgid, (stamp, split) in enumerate(zip(stamps, _karpathy_splits(len(stamps)), strict=True)):
         cocoid = imgid + 1
@@ -260,6 +288,7 @@ def _build_coco(stamps: list[dict[str, Any]], dest: Path) -> dict[str, int]:
         )
         counts[split] += 1
     info = {"description": "miniature COCO Karpathy split from Tux Paint stamps (one caption each)"}
+    info["test_held_out"] = test_held_out
     _write_json(dest / "dataset_coco.json", {"dataset": "coco", "images": images, "info": info})
     return dict(counts)
 
@@ -295,16 +324,32 @@ def _build_nocaps(stamps: list[dict[str, Any]], dest: Path) -> dict[str, int]:
     return counts
 
 
-def _build_flickr(emoji: Path, dest: Path, num_images: int, rng: random.Random) -> dict[str, int]:
-    pairs_file = emoji / "pairs.jsonl"
+def _emoji_rows(folder: Path, rng: random.Random) -> list[dict[str, Any]]:
+    """Rows of `folder/pairs.jsonl` (none if absent), shuffled, with the image path made absolute."""
+    pairs_file = folder / "pairs.jsonl"
+    if not pairs_file.is_file():
+        return []
     rows = [json.loads(line) for line in pairs_file.read_text(encoding="utf-8").splitlines() if line.strip()]
     rows.sort(key=lambda row: row["image"])
     rng.shuffle(rows)
-    rows = rows[:num_images]
+    return [row | {"image": folder / row["image"]} for row in rows]
+
+
+def _unseen_captions(held: list[dict[str, Any]], corpus: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The held-out items whose caption no corpus item has (several stamps share "A cow."): a test caption seen
+    in pretraining would make the zero-shot units' leakage check fail."""
+    seen = {normalise_caption(item["caption"]) for item in corpus}
+    return [item for item in held if normalise_caption(item["caption"]) not in seen]
+
+
+def _build_flickr(demo_root: Path, dest: Path, num_images: int, rng: random.Random) -> dict[str, int]:
+    corpus = _emoji_rows(demo_root / "emoji", rng)
+    held = _unseen_captions(_emoji_rows(demo_root / HELDOUT / "emoji", rng), corpus)
+    rows, test_held_out = _test_first(corpus, held, num_images)
     images, counts = [], defaultdict(int)
     for imgid, (row, split) in enumerate(zip(rows, _karpathy_splits(len(rows)), strict=True)):
         filename = f"{1000000 + imgid}.jpg"
-        _write_bytes(dest / "flickr30k-images" / filename, _jpeg((emoji / row["image"]).read_bytes()))
+        _write_bytes(dest / "flickr30k-images" / filename, _jpeg(row["image"].read_bytes()))
         raw = f"An emoji of {row['caption']}."
         images.append(
             {
@@ -317,6 +362,7 @@ def _build_flickr(emoji: Path, dest: Path, num_images: int, rng: random.Random) 
         )
         counts[split] += 1
     info = {"description": "miniature Flickr30K Karpathy split from rendered emoji and their names"}
+    info["test_held_out"] = test_held_out
     _write_json(dest / "dataset_flickr30k.json", {"dataset": "flickr30k", "images": images, "info": info})
     return dict(counts)
 

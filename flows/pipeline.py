@@ -1,7 +1,9 @@
 """The `beit3-pipeline` Prefect flow: raw sources -> shards -> MDM pretraining -> benchmarks -> results.json.
 
-    ingest[<source>] --> preprocess --> pretrain --> finetune[<task>] --> report
-    (one per source)                                 (one per benchmark)
+    ingest[<source>] --> preprocess --> pretrain --> finetune[<task>] ----------------> report
+    (one per source)                         |       (one per benchmark)                  ^
+                                             +--> itc --> zeroshot[<unit>] -----------------+
+                                                          (one per zero-shot unit)
 
 Each step is a task in `flows.steps` whose cache key is the content fingerprint of its inputs + its resolved
 config + its code version (`flows.steps.keys`), so an unchanged rerun is all cache hits and a changed raw file
@@ -21,14 +23,22 @@ from prefect.runtime import flow_run
 
 from flows.settings import Settings
 from flows.steps.cache import result_storage
-from flows.steps.config import benchmark_config, load_pipeline_config, resolve_preprocess, resolve_pretrain
+from flows.steps.config import (
+    benchmark_config,
+    load_pipeline_config,
+    resolve_preprocess,
+    resolve_pretrain,
+    zeroshot_config,
+)
 from flows.steps.finetune import finetune
 from flows.steps.ingest import ingest
+from flows.steps.itc import itc
 from flows.steps.preprocess import preprocess
 from flows.steps.pretrain import pretrain
 from flows.steps.report import RESULTS_FILE, report
 from flows.steps.runner import Selection, StepRunner
 from flows.steps.tracking import finish_parent_run, start_parent_run
+from flows.steps.zeroshot import zeroshot
 
 
 @flow(name="beit3-pipeline")
@@ -51,7 +61,11 @@ def beit3_pipeline(
     settings = Settings()
     pre_cfg = resolve_preprocess(cfg)
     pretrain_cfg = resolve_pretrain(cfg, settings.tracking_uri(cfg.run_dir), settings.ray_address)
+    itc_cfg = (
+        resolve_pretrain(cfg, settings.tracking_uri(cfg.run_dir), settings.ray_address, "itc") if cfg.itc else None
+    )
     labels = [f"ingest[{s.name}]" for s in pre_cfg.sources] + ["preprocess", "pretrain"]
+    labels += ["itc"] * bool(cfg.itc) + [f"zeroshot[{z.unit}]" for z in cfg.zeroshot]
     labels += [f"finetune[{b.task}]" for b in cfg.benchmarks] + ["report"]
     selection = Selection.parse(only, from_step, force)
     selection.check(labels)
@@ -88,6 +102,9 @@ def beit3_pipeline(
             force=selection.forced("pretrain"),
             run_dir=str(cfg.run_dir),
         )
+        zeroshot_results = _itc_and_zeroshot(
+            cfg, itc_cfg, pre_cfg, steps, selection, dataset, pretrained, settings, tracking
+        )
         finetuned = steps.map(
             "finetune",
             finetune,
@@ -109,7 +126,7 @@ def beit3_pipeline(
             run_dir=str(cfg.run_dir),
             dataset=dataset,
             pretrained=pretrained,
-            benchmarks=list(finetuned.values()),
+            benchmarks=list(zeroshot_results.values()) + list(finetuned.values()),
         )
         results = reported["results"] if reported else None
         status = "FINISHED"
@@ -127,3 +144,36 @@ def beit3_pipeline(
         "steps": steps.states,
         "results": results,
     }
+
+
+def _itc_and_zeroshot(cfg, itc_cfg, pre_cfg, steps, selection, dataset, pretrained, settings, tracking) -> dict:
+    """The ITC step and the zero-shot units after it (their outputs by unit), when configured; not called at all
+    when neither they nor the report run, so `--only finetune` needs no earlier ITC output."""
+    wanted = ["itc", *(f"zeroshot[{z.unit}]" for z in cfg.zeroshot), "report"]
+    if not cfg.itc or not any(selection.runs(label) for label in wanted):
+        return {}
+    tuned = steps.run(
+        "itc",
+        itc,
+        cfg=itc_cfg,
+        dataset=dataset,
+        pretrained=pretrained,
+        settings=settings,
+        tracking=tracking,
+        force=selection.forced("itc"),
+    )
+    return steps.map(
+        "zeroshot",
+        zeroshot,
+        {
+            z.unit: {
+                "unit": z.unit,
+                "config": zeroshot_config(z, pre_cfg),
+                "itc_out": tuned,
+                "dataset": dataset,
+                "run_dir": str(cfg.run_dir),
+                "tracking": tracking,
+            }
+            for z in cfg.zeroshot
+        },
+    )

@@ -11,6 +11,11 @@ spec) become five sources, each in a different raw format so the demo pipeline e
 | `text`          | text_files      | WordNet glosses, Python docs paragraphs, Shakespeare/Milton texts |
 | `fortunes`      | jsonl_text      | fortune cookies, one JSON object each (multi-line text kept)      |
 
+Every `holdout_every`-th stamp and emoji is held out of the sources into `heldout/tuxpaint/` and
+`heldout/emoji/` (same formats, not listed in `demo_sources.yaml`): the miniature benchmarks draw their
+Karpathy test images from there, so zero-shot retrieval on them is zero-shot with respect to the demo
+pretraining corpus.
+
 The packages are read at build time and the output goes to a data directory outside version control: Tux
 Paint is GPL-2, so its stamps must never be committed. Subsets are taken evenly spread over the sorted
 inputs (not the first N), so small demos still cover every stamp category and text collection. The
@@ -67,6 +72,8 @@ FASHION_CLASSES = (
 )
 _MANIFEST = "demo_manifest.json"
 _SOURCES_YAML = "demo_sources.yaml"
+HELDOUT = "heldout"
+"""Folder of the stamps and emoji kept out of the corpus (the miniature benchmarks' test images)."""
 _MANIFEST_VERSION = 1
 # Only size 109 rasterises Noto's CBDT bitmaps; 136x128 is the bitmap cell, so nothing is cut off.
 _EMOJI_FONT_SIZE, _EMOJI_CANVAS = 109, (136, 128)
@@ -95,6 +102,8 @@ class DemoLimits:
     """Side in pixels of the saved Fashion-MNIST images (28 px originals, bicubic upscaling)."""
     text_per_collection: int = 5000
     """Lines taken from each text collection (WordNet, Python docs, Shakespeare) and fortunes taken."""
+    holdout_every: int = 6
+    """Every n-th stamp and emoji goes to `heldout/` instead of the corpus (0 = none held out)."""
 
     def __post_init__(self) -> None:
         for spec_field in dataclasses.fields(self):
@@ -160,6 +169,14 @@ def _spread(items: Sequence[T], count: int | None) -> list[T]:
     return [items[i * len(items) // count] for i in range(count)]
 
 
+def _holdout(items: Sequence[T], every: int) -> tuple[list[T], list[T]]:
+    """(kept, held out): items at positions every - 1, 2 * every - 1, ... are held out."""
+    if not every:
+        return list(items), []
+    held = [i for i in range(len(items)) if i % every == every - 1]
+    return [x for i, x in enumerate(items) if i % every != every - 1], [items[i] for i in held]
+
+
 def _png_bytes(image: Image.Image) -> bytes:
     buffer = io.BytesIO()
     image.save(buffer, format="PNG", optimize=False)
@@ -179,10 +196,19 @@ def _tar_add(tar: tarfile.TarFile, name: str, data: bytes) -> None:
     tar.addfile(info, io.BytesIO(data))
 
 
-def _build_tuxpaint(stamps_root: Path, dest: Path, limits: DemoLimits) -> int:
-    """Packs stamps into img2dataset-style tars: `{shard:05d}.tar` holding `KEY.png`, `KEY.txt`, `KEY.json`."""
+def _build_tuxpaint(stamps_root: Path, dest: Path, limits: DemoLimits, heldout_dest: Path) -> tuple[int, int]:
+    """Packs stamps into img2dataset-style tars: `{shard:05d}.tar` holding `KEY.png`, `KEY.txt`, `KEY.json`;
+    the held-out stamps go to `heldout_dest` the same way. Returns (kept, held out)."""
     txt_files = sorted(stamps_root.rglob("*.txt"), key=lambda p: p.relative_to(stamps_root).as_posix())
     stamps = _spread([p for p in txt_files if p.with_suffix(".png").is_file()], limits.max_stamps)
+    kept, held = _holdout(stamps, limits.holdout_every)
+    _pack_stamps(stamps_root, kept, dest, limits)
+    if held:
+        _pack_stamps(stamps_root, held, heldout_dest, limits)
+    return len(kept), len(held)
+
+
+def _pack_stamps(stamps_root: Path, stamps: list[Path], dest: Path, limits: DemoLimits) -> None:
     dest.mkdir(parents=True)
     for shard, start in enumerate(range(0, len(stamps), limits.stamps_per_tar)):
         with tarfile.open(dest / f"{shard:05d}.tar", "w", format=tarfile.USTAR_FORMAT) as tar:
@@ -196,7 +222,6 @@ def _build_tuxpaint(stamps_root: Path, dest: Path, limits: DemoLimits) -> int:
                 _tar_add(tar, f"{key}.json", json.dumps(meta, ensure_ascii=False, sort_keys=True).encode())
                 _tar_add(tar, f"{key}.png", txt.with_suffix(".png").read_bytes())
                 _tar_add(tar, f"{key}.txt", caption)
-    return len(stamps)
 
 
 def _render_emoji(font: ImageFont.FreeTypeFont, char: str) -> Image.Image | None:
@@ -206,20 +231,25 @@ def _render_emoji(font: ImageFont.FreeTypeFont, char: str) -> Image.Image | None
     return None if image.getextrema() == ((255, 255),) * 3 else image
 
 
-def _build_emoji(font_path: Path, dest: Path, count: int) -> int:
-    """Renders named single-code-point emoji to `images/*.png` with a `pairs.jsonl` of (image, caption)."""
+def _build_emoji(font_path: Path, dest: Path, count: int, every: int, heldout_dest: Path) -> tuple[int, int]:
+    """Renders named single-code-point emoji to `images/*.png` with a `pairs.jsonl` of (image, caption); the
+    held-out ones to `heldout_dest` the same way. Returns (kept, held out)."""
     font = ImageFont.truetype(str(font_path), _EMOJI_FONT_SIZE)
     chars = [chr(cp) for block in _EMOJI_RANGES for cp in block if unicodedata.name(chr(cp), "")]
     # Test-render everything first (keeping ~1,300 canvases alive would take ~70 MB), then draw the chosen.
     drawable = [c for c in chars if _render_emoji(font, c) is not None]
-    (dest / "images").mkdir(parents=True)
-    rows = []
-    for char in _spread(drawable, count):
-        name = f"images/{ord(char):05x}.png"
-        (dest / name).write_bytes(_png_bytes(_render_emoji(font, char)))
-        rows.append({"image": name, "caption": unicodedata.name(char).lower(), "codepoint": f"U+{ord(char):04X}"})
-    _write_jsonl(dest / "pairs.jsonl", rows)
-    return len(rows)
+    kept, held = _holdout(_spread(drawable, count), every)
+    for chars, folder in ((kept, dest), (held, heldout_dest)):
+        if not chars and folder == heldout_dest:
+            continue
+        (folder / "images").mkdir(parents=True)
+        rows = []
+        for char in chars:
+            name = f"images/{ord(char):05x}.png"
+            (folder / name).write_bytes(_png_bytes(_render_emoji(font, char)))
+            rows.append({"image": name, "caption": unicodedata.name(char).lower(), "codepoint": f"U+{ord(char):04X}"})
+        _write_jsonl(folder / "pairs.jsonl", rows)
+    return len(kept), len(held)
 
 
 def _read_idx(path: Path) -> np.ndarray:
@@ -408,15 +438,20 @@ def build_demo_corpus(
     if missing:
         raise MissingPackageError("demo corpus data missing:\n" + "\n".join(f"  {line}" for line in missing))
     (out_dir / _MANIFEST).unlink(missing_ok=True)  # a build that dies midway must not look finished
-    for folder in ("tuxpaint", "emoji", "fashion_mnist", "text", "fortunes"):
+    for folder in ("tuxpaint", "emoji", "fashion_mnist", "text", "fortunes", HELDOUT):
         shutil.rmtree(out_dir / folder, ignore_errors=True)
     out_dir.mkdir(parents=True, exist_ok=True)
 
     counts: dict[str, int] = {}
+    heldout: dict[str, int] = {}
     if limits.max_stamps != 0:
-        counts["tuxpaint"] = _build_tuxpaint(packages.tuxpaint_stamps, out_dir / "tuxpaint", limits)
+        counts["tuxpaint"], heldout["tuxpaint"] = _build_tuxpaint(
+            packages.tuxpaint_stamps, out_dir / "tuxpaint", limits, out_dir / HELDOUT / "tuxpaint"
+        )
     if limits.num_emoji:
-        counts["emoji"] = _build_emoji(packages.emoji_font, out_dir / "emoji", limits.num_emoji)
+        counts["emoji"], heldout["emoji"] = _build_emoji(
+            packages.emoji_font, out_dir / "emoji", limits.num_emoji, limits.holdout_every, out_dir / HELDOUT / "emoji"
+        )
     if limits.fashion_per_class:
         counts["fashion_mnist"] = _build_fashion(packages.fashion_mnist, out_dir / "fashion_mnist", limits)
     if limits.text_per_collection:
@@ -424,7 +459,7 @@ def build_demo_corpus(
 
     source_dicts = [spec.to_dict(base_dir=out_dir) for spec in specs]
     _write_atomic(out_dir / _SOURCES_YAML, yaml.safe_dump({"sources": source_dicts}, sort_keys=False))
-    manifest = {"parameters": parameters, "counts": counts, "sources": source_dicts}
+    manifest = {"parameters": parameters, "counts": counts, "heldout": heldout, "sources": source_dicts}
     _write_atomic(out_dir / _MANIFEST, json.dumps(manifest, indent=2, sort_keys=True) + "\n")
     seconds = time.perf_counter() - start
     return {"out_dir": out_dir, "built": True, "counts": counts, "sources": specs, "seconds": seconds}

@@ -15,14 +15,20 @@ from pathlib import Path
 
 import yaml
 
+OBJECTIVES = ("mdm", "itc")
+
 
 @dataclass
 class ModelSection:
     name: str = "beit3_tiny"
+    objective: str = "mdm"
+    """"mdm": masked data modeling (pretraining); "itc": image-text contrastive tuning of the dual encoder on the
+    shards' pairs (from an MDM checkpoint), the step before zero-shot retrieval."""
     overrides: dict = field(default_factory=dict)
     """BEiT3Config fields, e.g. {vocab_size: 8002, visual_vocab_size: 1024}; filled from the shards if absent."""
     init_checkpoint: str | None = None
-    """A released `.pth` (with mim/mlm heads) or one of our safetensors files to continue from."""
+    """A released `.pth` or one of our safetensors files to start from: for MDM with its mim/mlm heads; for ITC an
+    MDM (projections start at init) or ITC checkpoint."""
     drop_path_rate: float = 0.1
     grad_checkpointing: bool = False
 
@@ -38,10 +44,12 @@ class DataSection:
     text_len: int = 64
     pair_text_len: int = 64
     image_mask_ratio: float = 0.4
+    """0 = no image masking (ITC)."""
     text_mask_ratio: float = 0.15
     pack_texts: bool = False
     """Pack consecutive monomodal texts into rows of `text_len` tokens (each keeps its <s> ... </s>)."""
     pair_text_mask_ratio: float = 0.5
+    """0 = pair texts unmasked (ITC)."""
     num_workers: int = 1
     """DataLoader worker processes per rank (0 = load in the training process)."""
     prefetch_factor: int = 4
@@ -183,6 +191,34 @@ RECIPES: dict[str, dict] = {
             "num_workers": 8,
         },
     },
+    # ITC tuning on 2 CPU cores: pairs only, unmasked, from the MDM checkpoint named in model.init_checkpoint.
+    # The paper does not publish its ITC recipe; a low lr keeps the MDM features while the projections align.
+    "itc_tiny_cpu": {
+        "model": {
+            "name": "beit3_tiny",
+            "objective": "itc",
+            "drop_path_rate": 0.0,
+            "overrides": {"init_mode": "magneto", "text_embed_init_std": 1.0, "pos_init_std": 1.0},
+        },
+        "data": {
+            "images_per_step": 0,
+            "texts_per_step": 0,
+            "pairs_per_step": 32,
+            "pair_text_len": 32,
+            "image_mask_ratio": 0.0,
+            "pair_text_mask_ratio": 0.0,
+            "num_workers": 1,
+        },
+        "optim": {"lr": 2e-4, "min_lr": 1e-5, "warmup_steps": 5, "weight_decay": 0.05},
+        "run": {
+            "steps": 40,
+            "num_workers": 2,
+            "checkpoint_every": 20,
+            "log_every": 5,
+            "storage_path": "runs/itc",
+            "mlflow_experiment": "beit3-itc",
+        },
+    },
     "large": {
         "model": {"name": "beit3_large_patch16_224", "drop_path_rate": 0.1, "grad_checkpointing": True},
         "data": {
@@ -226,7 +262,10 @@ def build_config(recipe: str = "tiny_cpu", overrides: dict | None = None) -> Pre
         if "betas" in values:
             values = values | {"betas": tuple(values["betas"])}
         built[name] = section_cls(**values)
-    return PretrainConfig(**built)
+    config = PretrainConfig(**built)
+    if config.model.objective not in OBJECTIVES:
+        raise ValueError(f"model.objective must be one of {OBJECTIVES}, got {config.model.objective!r}")
+    return config
 
 
 def load_config(path: str | Path, overrides: dict | None = None) -> PretrainConfig:
@@ -239,6 +278,8 @@ def load_config(path: str | Path, overrides: dict | None = None) -> PretrainConf
     config = build_config(recipe, _merge(raw, overrides or {}))
     if config.data.shards not in ("", "synthetic"):
         config.data.shards = str(Path(config.data.shards).resolve())  # Ray workers have another cwd
+    if config.model.init_checkpoint:
+        config.model.init_checkpoint = str(Path(config.model.init_checkpoint).resolve())
     return config
 
 

@@ -1,9 +1,12 @@
 """Driver side of pretraining: resolve the model config, open the MLflow run, run Ray Train, export the result.
 
-Run names: a new run gets `pretrain-<config hash>-<timestamp>` (or `run.name`), and starting a run whose
-name already exists in the storage path is an error: Ray Train resumes any run it finds under the same name,
-so reusing a name by accident would silently continue an unrelated run. `resume=NAME` continues a run on
-purpose, after checking that its config hash matches.
+The same driver runs both objectives of `model.objective`: MDM pretraining and ITC tuning (the dual encoder on
+the shards' image-text pairs, `beit3_core.itc`); they differ in the model, the metrics and the final report.
+
+Run names: a new run gets `pretrain-<config hash>-<timestamp>` (`itc-...` for ITC, or `run.name`), and
+starting a run whose name already exists in the storage path is an error: Ray Train resumes any run it finds
+under the same name, so reusing a name by accident would silently continue an unrelated run. `resume=NAME`
+continues a run on purpose, after checking that its config hash matches.
 """
 
 import json
@@ -12,7 +15,7 @@ import os
 import shutil
 import tempfile
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from beit3_core.checkpoint import export_released_checkpoint, load_checkpoint
@@ -41,7 +44,14 @@ class PretrainResult:
     released_checkpoint: Path
     metrics: dict
     masked_token_accuracy: dict
-    """{kind: {accuracy, baseline, num_masked}} of the final model on fresh batches."""
+    """MDM: {kind: {accuracy, baseline, num_masked}} of the final model on fresh batches; empty for ITC."""
+    retrieval_accuracy: dict = field(default_factory=dict)
+    """ITC: {"i2t" | "t2i": {accuracy, chance, num_pairs}} in-batch retrieval on fresh batches; empty for MDM."""
+
+
+def step_name(cfg: PretrainConfig) -> str:
+    """The run's step in names and MLflow tags: "pretrain" (MDM) or "itc"."""
+    return "itc" if cfg.model.objective == "itc" else "pretrain"
 
 
 def resolve_model_config(cfg: PretrainConfig) -> tuple[dict, dict]:
@@ -52,7 +62,12 @@ def resolve_model_config(cfg: PretrainConfig) -> tuple[dict, dict]:
         overrides = {"vocab_size": 1024, "visual_vocab_size": 64} | overrides
         config = get_config(cfg.model.name, **overrides)
         return config.to_dict(), {"mask_id": config.vocab_size - 1}
-    _, manifest = read_shard_refs(cfg.data.shards)
+    refs, manifest = read_shard_refs(cfg.data.shards)
+    if cfg.model.objective == "itc" and not any(r.counts.get("pair", 0) for r in refs):
+        raise ValueError(
+            f"ITC tuning needs image-text pairs, but none of the {len(refs)} shards in {cfg.data.shards} holds one"
+            " (add a pair source to the preprocessing config)"
+        )
     text, visual = manifest["text_tokenizer"], manifest["visual_tokenizer"]
     overrides = {"vocab_size": text["vocab_size"], "visual_vocab_size": visual["num_codes"]} | overrides
     config = get_config(cfg.model.name, **overrides)
@@ -104,7 +119,7 @@ def _open_mlflow_run(
         client.update_run(existing_run_id, status="RUNNING")
         return existing_run_id
     run = client.create_run(
-        experiment, run_name=run_name, tags={"beit3.step": "pretrain", "beit3.config_hash": cfg.fingerprint()}
+        experiment, run_name=run_name, tags={"beit3.step": step_name(cfg), "beit3.config_hash": cfg.fingerprint()}
     )
     params = cfg.flat() | {f"model_config.{k}": str(v) for k, v in model_config.items()}
     log_params(client, run.info.run_id, params)
@@ -145,7 +160,7 @@ def fit_trainer(loop, loop_config: dict, run, run_name: str, storage: RunStorage
 
 
 def run_pretraining(cfg: PretrainConfig, resume: str | None = None) -> PretrainResult:
-    """Pretrain with Ray Train as configured; `resume` names an earlier run (in the same storage) to continue."""
+    """Pretrain (or ITC-tune) with Ray Train as configured; `resume` names an earlier run in the same storage."""
     import mlflow
 
     from beit3_core.train.loop import train_loop_per_worker
@@ -163,7 +178,7 @@ def run_pretraining(cfg: PretrainConfig, resume: str | None = None) -> PretrainR
                 f"(hash {info['config_hash']}, now {cfg.fingerprint()})"
             )
     else:
-        run_name = cfg.run.name or f"pretrain-{cfg.fingerprint()}-{time.strftime('%Y%m%d-%H%M%S')}"
+        run_name = cfg.run.name or f"{step_name(cfg)}-{cfg.fingerprint()}-{time.strftime('%Y%m%d-%H%M%S')}"
         if storage.exists(run_name):
             raise FileExistsError(f"run {run_name!r} already exists in {storage.uri}; resume it explicitly or rename")
         info = {}
@@ -203,7 +218,7 @@ def run_pretraining(cfg: PretrainConfig, resume: str | None = None) -> PretrainR
         released = export_released_checkpoint(model, final_dir / "model_released_layout.pth")
         for name in ("model.safetensors", "model_released_layout.pth", "train_state.json"):
             storage.upload_file(final_dir / name, run_name, "final", name)
-        accuracy = _log_artifacts(client, mlflow_run_id, cfg, model, data_info, final_dir)
+        report = _log_artifacts(client, mlflow_run_id, cfg, model, data_info, final_dir)
         client.set_terminated(mlflow_run_id, "FINISHED")
     except BaseException:
         client.set_terminated(mlflow_run_id, "FAILED")
@@ -216,34 +231,44 @@ def run_pretraining(cfg: PretrainConfig, resume: str | None = None) -> PretrainR
         final_dir / "model.safetensors",
         released,
         dict(result.metrics or {}),
-        accuracy,
+        {} if cfg.model.objective == "itc" else report,
+        report if cfg.model.objective == "itc" else {},
     )
 
 
 def _log_artifacts(client, run_id: str, cfg: PretrainConfig, model, data_info: dict, final_dir: Path) -> dict:
     import yaml
 
+    from beit3_core.train.evaluate_itc import in_batch_retrieval_report
     from beit3_core.train.evaluate_mdm import masked_token_report
     from beit3_core.train.streams import StepBatches
     from beit3_core.train.visualize import masked_prediction_grid
 
-    # Fresh masks on batches past the end of training; the baseline is the most frequent target token.
+    # Batches past the end of training (fresh masks for MDM); the baselines are the most frequent target token
+    # (MDM) and chance (ITC).
     stream_of_batches = iter(
         StepBatches(cfg, model.config.to_dict(), data_info, rank=0, world_size=1, start_step=cfg.run.steps)
     )
     batches = [next(stream_of_batches) for _ in range(EVAL_BATCHES)]
-    report = masked_token_report(model, batches)
-    (final_dir / "masked_token_accuracy.json").write_text(json.dumps(report, indent=2))
-    for kind, values in report.items():
-        client.log_metric(run_id, f"final_accuracy_{kind}", values["accuracy"])
-        client.log_metric(run_id, f"final_baseline_{kind}", values["baseline"])
+    if cfg.model.objective == "itc":
+        report = in_batch_retrieval_report(model, batches)
+        (final_dir / "retrieval_accuracy.json").write_text(json.dumps(report, indent=2))
+        for direction, values in report.items():
+            client.log_metric(run_id, f"final_accuracy_{direction}", values["accuracy"])
+            client.log_metric(run_id, f"final_chance_{direction}", values["chance"])
+    else:
+        report = masked_token_report(model, batches)
+        (final_dir / "masked_token_accuracy.json").write_text(json.dumps(report, indent=2))
+        for kind, values in report.items():
+            client.log_metric(run_id, f"final_accuracy_{kind}", values["accuracy"])
+            client.log_metric(run_id, f"final_baseline_{kind}", values["baseline"])
     with tempfile.TemporaryDirectory() as tmp:
-        config_path = Path(tmp) / "pretrain_config.yaml"
+        config_path = Path(tmp) / f"{step_name(cfg)}_config.yaml"
         config_path.write_text(yaml.safe_dump(cfg.to_dict(), sort_keys=False))
         client.log_artifact(run_id, str(config_path))
         batch = batches[0]
         stream = batch.image or batch.pair
-        if stream is not None:
+        if stream is not None and cfg.model.objective != "itc":
             png = masked_prediction_grid(model, stream, Path(tmp) / "masked_predictions.png")
             client.log_artifact(run_id, str(png))
     client.log_artifact(run_id, str(final_dir / "model.safetensors"), artifact_path="checkpoint")

@@ -9,6 +9,7 @@ import torch
 import torch.distributed as dist
 
 from beit3_core.config import BEiT3Config
+from beit3_core.itc import ITC_METRICS
 from beit3_core.mdm import STREAM_KINDS, MDMBatch
 from beit3_core.train.config import PretrainConfig
 
@@ -16,9 +17,27 @@ from beit3_core.train.config import PretrainConfig
 PEAK_BF16_TFLOPS = {"H100": 989.0, "H200": 989.0, "A100": 312.0}
 
 
-def step_flops(config: BEiT3Config, batch: MDMBatch) -> float:
-    """Matmul FLOPs of one training step (3x forward): projections, FFN, attention and the MDM heads."""
+def _encoder_flops(config: BEiT3Config, batch_size: int, tokens: int) -> float:
     dim, ffn = config.embed_dim, config.ffn_dim
+    per_layer = 2 * tokens * (4 * dim * dim + 2 * dim * ffn) + 4 * tokens * tokens * dim
+    return batch_size * config.num_layers * per_layer
+
+
+def itc_step_flops(config: BEiT3Config, batch: MDMBatch) -> float:
+    """Matmul FLOPs of one ITC step (3x forward): separate image and text passes, the two projections and the
+    local x global similarity matrices (the batch of every rank is the same size)."""
+    s, dim = batch.pair, config.embed_dim
+    world = dist.get_world_size() if dist.is_initialized() else 1
+    total = _encoder_flops(config, s.batch_size, 1 + config.num_patches) + _encoder_flops(
+        config, s.batch_size, s.text.shape[1]
+    )
+    total += 2 * (2 * s.batch_size * dim * dim) + 2 * (2 * s.batch_size * world * s.batch_size * dim)
+    return 3 * total
+
+
+def step_flops(config: BEiT3Config, batch: MDMBatch) -> float:
+    """Matmul FLOPs of one MDM training step (3x forward): projections, FFN, attention and the MDM heads."""
+    dim = config.embed_dim
     total = 0.0
     for stream in batch.streams():
         if stream is None:
@@ -26,8 +45,7 @@ def step_flops(config: BEiT3Config, batch: MDMBatch) -> float:
         tokens = (1 + config.num_patches if hasattr(stream, "image") else 0) + (
             stream.text.shape[1] if hasattr(stream, "text") else 0
         )
-        per_layer = 2 * tokens * (4 * dim * dim + 2 * dim * ffn) + 4 * tokens * tokens * dim
-        total += stream.batch_size * config.num_layers * per_layer
+        total += _encoder_flops(config, stream.batch_size, tokens)
         if hasattr(stream, "image_mask"):
             total += 2 * stream.image_mask.shape[0] * stream.image_mask.shape[1] * 0.4 * dim * config.visual_vocab_size
         if hasattr(stream, "text_labels"):
@@ -36,10 +54,17 @@ def step_flops(config: BEiT3Config, batch: MDMBatch) -> float:
 
 
 class StepMeter:
+    """Running means of the objective's metrics (MDM: per-kind loss and accuracy; ITC: loss, in-batch retrieval
+    accuracy both ways, logit scale), the gradient norm and throughput."""
+
     def __init__(self, cfg: PretrainConfig, model_config: dict, device: torch.device):
         self.config = BEiT3Config(**model_config)
         self.device = device
-        self.names = [f"{m}/{k}" for k in STREAM_KINDS for m in ("loss", "accuracy")] + ["loss", "grad_norm"]
+        if cfg.model.objective == "itc":
+            self.names, self.flops_of = [*ITC_METRICS, "grad_norm"], itc_step_flops
+        else:
+            self.names = [f"{m}/{k}" for k in STREAM_KINDS for m in ("loss", "accuracy")] + ["loss", "grad_norm"]
+            self.flops_of = step_flops
         self._reset()
 
     def _reset(self) -> None:
@@ -61,7 +86,7 @@ class StepMeter:
         for _, batch in outputs:
             self.samples += sum(batch.num_samples().values())
             self.tokens += _num_tokens(batch, self.config)
-            self.flops += step_flops(self.config, batch)
+            self.flops += self.flops_of(self.config, batch)
 
     def report(self, step: int, lr: float) -> dict[str, float]:
         """Means since the last report, averaged over ranks (one all-reduce), plus throughput of all ranks."""

@@ -5,22 +5,31 @@ from pathlib import Path
 
 import torch
 
-from beit3_core.checkpoint import load_checkpoint, load_released_state_dict, read_released_state_dict
+from beit3_core.checkpoint import load_checkpoint, load_released_state_dict, read_released_state_dict, read_state_dict
 from beit3_core.config import BEiT3Config
+from beit3_core.itc import BEiT3ForITC
 from beit3_core.mdm import BEiT3ForMDM
 from beit3_core.train.config import PretrainConfig
 
 logger = logging.getLogger(__name__)
 
 
-def build_pretraining_model(cfg: PretrainConfig, model_config: dict) -> BEiT3ForMDM:
-    """The MDM model with the run's resolved config, optionally initialised from a checkpoint."""
+def build_pretraining_model(cfg: PretrainConfig, model_config: dict) -> BEiT3ForMDM | BEiT3ForITC:
+    """The run's model (MDM, or the ITC dual encoder) with its resolved config, optionally from a checkpoint.
+
+    ITC starts from an MDM checkpoint (ours or released): the backbone loads strictly, the MDM heads are not
+    used, and the projections and logit scale start at their initialisation unless the file holds them.
+    """
     torch.manual_seed(cfg.run.seed)  # identical initial weights on every rank
-    model = BEiT3ForMDM(BEiT3Config(**model_config))
+    itc = cfg.model.objective == "itc"
+    model = BEiT3ForITC(BEiT3Config(**model_config)) if itc else BEiT3ForMDM(BEiT3Config(**model_config))
     source = cfg.model.init_checkpoint
     if source:
         path = Path(source)
-        if path.suffix == ".safetensors":
+        if itc:
+            state = read_state_dict(path)
+            load_released_state_dict(model, state, str(path), strict_heads=False).log(path)
+        elif path.suffix == ".safetensors":
             model.load_state_dict(load_checkpoint(path).state_dict(), strict=True)
         else:
             load_released_state_dict(model, read_released_state_dict(path), str(path)).log(path)
@@ -36,7 +45,9 @@ def parallelize(model: BEiT3ForMDM, cfg: PretrainConfig, device: torch.device) -
     import ray.train.torch
 
     if cfg.run.strategy == "ddp":
-        return ray.train.torch.prepare_model(model, parallel_strategy="ddp")
+        # ITC never uses the mask token (nor VL experts): DDP must be told to expect unused parameters.
+        unused = {"find_unused_parameters": True} if cfg.model.objective == "itc" else {}
+        return ray.train.torch.prepare_model(model, parallel_strategy="ddp", parallel_strategy_kwargs=unused)
     if cfg.run.strategy != "fsdp":
         raise ValueError(f"run.strategy must be 'ddp' or 'fsdp', got {cfg.run.strategy!r}")
     import torch.distributed as dist

@@ -27,7 +27,7 @@ import torch
 from beit3_core.config import BEiT3Config
 from beit3_core.data.shard_format import ShardFormatError
 from beit3_core.data.views import ViewParams, decode_stored_image, render_view, to_model_input
-from beit3_core.masking import BlockMaskGenerator, mask_text
+from beit3_core.masking import IGNORE_INDEX, BlockMaskGenerator, mask_text
 from beit3_core.mdm import ImageStream, MDMBatch, PairStream, TextStream
 from beit3_core.synthetic import SyntheticMDMData
 from beit3_core.train.config import DataSection, PretrainConfig
@@ -127,7 +127,9 @@ class BatchBuilder:
     def __init__(self, model_config: BEiT3Config, data: DataSection, mask_id: int, seed: int, rank: int):
         self.config, self.data, self.mask_id, self.seed, self.rank = model_config, data, mask_id, seed, rank
         grid = model_config.grid_size
+        # Ratio 0 (ITC): no masks at all, not the generator's minimum of one block / one token.
         self.masker = BlockMaskGenerator(grid_size=(grid, grid), mask_ratio=data.image_mask_ratio)
+        self.mask_images = data.image_mask_ratio > 0
 
     def _rng(self, step: int, kind: str) -> np.random.Generator:
         return np.random.default_rng([self.seed, step, self.rank, KIND_IDS[kind], 2])
@@ -147,7 +149,10 @@ class BatchBuilder:
                 f"shards hold {grid_tokens.shape[1]} visual tokens per view but the model has"
                 f" {self.config.num_patches} patches: re-tokenize at the model's resolution"
             )
-        mask = torch.from_numpy(self.masker.sample_batch(len(records), rng))
+        if self.mask_images:
+            mask = torch.from_numpy(self.masker.sample_batch(len(records), rng))
+        else:
+            mask = torch.zeros(len(records), self.config.num_patches, dtype=torch.bool)
         return to_model_input(np.stack(pixels)), mask, grid_tokens
 
     def texts(self, records: list[dict], length: int, ratio: float, rng: np.random.Generator, pack: bool = False):
@@ -158,6 +163,8 @@ class BatchBuilder:
         for row, seq in enumerate(sequences):
             ids[row, : len(seq)] = seq
         padding = ids == PAD_ID
+        if ratio == 0:
+            return torch.from_numpy(ids), torch.from_numpy(padding), torch.full(ids.shape, IGNORE_INDEX)
         masked, labels = mask_text(ids, padding, ratio, self.mask_id, rng)
         return torch.from_numpy(masked), torch.from_numpy(padding), torch.from_numpy(labels)
 

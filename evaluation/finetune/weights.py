@@ -29,12 +29,10 @@ from torch import nn
 from beit3_core.checkpoint import (
     BACKBONE_PREFIX,
     SAFETENSORS_FORMAT,
-    load_checkpoint,
     load_released_state_dict,
     read_checkpoint_metadata,
-    read_released_state_dict,
+    read_state_dict,
 )
-from beit3_core.mdm import BEiT3ForMDM
 from evaluation.tasks import Task, get_task
 
 logger = logging.getLogger(__name__)
@@ -81,14 +79,9 @@ def build_task_model(task: Task, name: str, backbone: dict, head_options: dict) 
 def read_source_state(path: str | Path) -> dict[str, torch.Tensor]:
     """The source's weights with the backbone under `beit3.` and heads at the top level (released layout)."""
     path = Path(path)
-    if path.suffix != ".safetensors":
-        return read_released_state_dict(path)
-    if read_checkpoint_metadata(path).get("kind") == TASK_KIND:
+    if path.suffix == ".safetensors" and read_checkpoint_metadata(path).get("kind") == TASK_KIND:
         return load_file(str(path))
-    loaded = load_checkpoint(path)
-    if isinstance(loaded, BEiT3ForMDM):
-        return loaded.state_dict()  # `beit3.*`, `mim_head.*`, `mlm_head.*`
-    return {BACKBONE_PREFIX + k: v for k, v in loaded.state_dict().items()}
+    return read_state_dict(path)
 
 
 def initialise(model: nn.Module, path: str | Path, copy_heads: Iterable[str] | None = ()) -> list[str]:

@@ -19,25 +19,20 @@ without training.
 
 from __future__ import annotations
 
-import math
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 import torch
-import torch.distributed as dist
-import torch.nn.functional as F
 from torch import nn
 from torch.utils.data import Dataset
 
 import beit3_core
-from beit3_core.model import trunc_normal_one_sigma_
+from beit3_core.itc import BEiT3ForITC, contrastive_loss
 from evaluation.metrics.retrieval import retrieval_recall
 from evaluation.tasks.base import Batch, Record, Task, register
 from evaluation.tasks.data import text_segment, vl_image, write_json
 from evaluation.tasks.karpathy import read_karpathy
-
-LOGIT_SCALE_INIT = math.log(1 / 0.07)
 
 _COMMON = dict(img_size=384, batch_size=3072, weight_decay=0.05, drop_path=0.2, randaug=False, text_len=64)
 _COMMON |= dict(min_lr=1e-6, init="itc")
@@ -52,50 +47,16 @@ FLICKR_RECIPES = {
 }
 
 
-class RetrievalModel(nn.Module):
-    """Dual encoder over one shared backbone: separate image-only and text-only passes."""
+class RetrievalModel(BEiT3ForITC):
+    """The ITC dual encoder (`beit3_core.itc`) over a given backbone; `forward` returns both feature sets."""
 
     def __init__(self, beit3: beit3_core.BEiT3):
-        super().__init__()
-        dim = beit3.config.embed_dim
-        self.beit3 = beit3
-        self.language_head = nn.Linear(dim, dim, bias=False)
-        self.vision_head = nn.Linear(dim, dim, bias=False)
-        self.logit_scale = nn.Parameter(torch.tensor(LOGIT_SCALE_INIT))
-        for head in (self.language_head, self.vision_head):
-            trunc_normal_one_sigma_(head.weight, std=0.02)
-
-    def encode_image(self, image: torch.Tensor) -> torch.Tensor:
-        return F.normalize(self.vision_head(self.beit3(image=image)[:, 0]), dim=-1)  # [B, D]
-
-    def encode_text(self, text: torch.Tensor, text_padding_mask: torch.Tensor) -> torch.Tensor:
-        x_BTD = self.beit3(text=text, text_padding_mask=text_padding_mask)
-        return F.normalize(self.language_head(x_BTD[:, 0]), dim=-1)  # [B, D]
+        super().__init__(beit3.config, backbone=beit3)
 
     def forward(
         self, image: torch.Tensor, text: torch.Tensor, text_padding_mask: torch.Tensor
     ) -> tuple[torch.Tensor, torch.Tensor]:
         return self.encode_image(image), self.encode_text(text, text_padding_mask)
-
-
-def contrastive_loss(
-    image_BD: torch.Tensor, text_BD: torch.Tensor, logit_scale: torch.Tensor
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """Symmetric InfoNCE with global negatives when torch.distributed is running; returns (loss, i2t logits)."""
-    rank = 0
-    all_images, all_texts = image_BD, text_BD
-    if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
-        # The autograd-aware gather sends each rank's gradient back to the rank that made the features.
-        from torch.distributed.nn.functional import all_gather
-
-        rank = dist.get_rank()
-        all_images, all_texts = torch.cat(all_gather(image_BD)), torch.cat(all_gather(text_BD))
-    scale = logit_scale.exp()
-    logits_i2t = scale * image_BD @ all_texts.T  # [B, world * B]
-    logits_t2i = scale * text_BD @ all_images.T
-    labels_B = torch.arange(image_BD.shape[0], device=image_BD.device) + rank * image_BD.shape[0]
-    loss = (F.cross_entropy(logits_i2t, labels_B) + F.cross_entropy(logits_t2i, labels_B)) / 2
-    return loss, logits_i2t
 
 
 class RetrievalDataset(Dataset):

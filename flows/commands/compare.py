@@ -20,22 +20,27 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.set_defaults(func=run)
 
 
+def tracking_uri_of(args: argparse.Namespace) -> str | None:
+    """The MLflow store of `--config` (its run directory's), else `--tracking-uri`, else MLFLOW_TRACKING_URI."""
+    from flows.settings import Settings
+
+    settings = Settings()
+    if args.config:
+        from flows.steps.config import load_pipeline_config
+
+        return settings.tracking_uri(load_pipeline_config(args.config).run_dir)
+    return args.tracking_uri or settings.mlflow_tracking_uri
+
+
 def run(args: argparse.Namespace) -> int:
     import mlflow
     from mlflow.exceptions import MlflowException
     from rich.console import Console
     from rich.table import Table
 
-    from flows.settings import Settings
     from flows.steps.compare import comparison_table, load_run_metrics, log_comparison, radar_chart
 
-    settings = Settings()
-    if args.config:
-        from flows.steps.config import load_pipeline_config
-
-        uri = settings.tracking_uri(load_pipeline_config(args.config).run_dir)
-    else:
-        uri = args.tracking_uri or settings.mlflow_tracking_uri
+    uri = tracking_uri_of(args)
     if not uri:
         print("beit3 compare: error: give --config, --tracking-uri or MLFLOW_TRACKING_URI", file=sys.stderr)
         return 2

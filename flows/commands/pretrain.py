@@ -19,7 +19,12 @@ def run(args: argparse.Namespace) -> int:
     from beit3_core.train.launcher import run_pretraining
 
     cfg = load_config(args.config, parse_overrides(args.overrides))
-    result = run_pretraining(cfg, resume=args.resume)
+    print_result(cfg, run_pretraining(cfg, resume=args.resume))
+    return 0
+
+
+def print_result(cfg, result) -> None:
+    """The run's final loss, its accuracy against the trivial baseline, and where the outputs are."""
     metrics = result.metrics
     print(f"run {result.run_name}: {cfg.run.steps} steps, final loss {metrics.get('loss', float('nan')):.3f}")
     for kind, values in result.masked_token_accuracy.items():
@@ -27,8 +32,12 @@ def run(args: argparse.Namespace) -> int:
             f"  masked-token accuracy {kind:<10} {values['accuracy']:.3f} "
             f"(most-frequent-token baseline {values['baseline']:.3f}, {values['num_masked']} masked)"
         )
+    for direction, values in result.retrieval_accuracy.items():
+        print(
+            f"  in-batch retrieval accuracy {direction} {values['accuracy']:.3f} "
+            f"(chance {values['chance']:.3f}, {values['num_pairs']} pairs)"
+        )
     print(f"checkpoint: {result.final_checkpoint}")
     print(f"released layout: {result.released_checkpoint}")
     print(f"MLflow run {result.mlflow_run_id} in {result.tracking_uri}")
     print(f"  open it with: mlflow ui --backend-store-uri {result.tracking_uri} --host 127.0.0.1 --port 5000")
-    return 0

@@ -1,8 +1,9 @@
 """`beit3 compare`: benchmark metrics of pipeline runs side by side, and a radar chart like BEiT-3's Figure 1.
 
-Reads the metrics the pipeline logs on each parent run (`<task>/<metric>`), draws one polygon per run over one
-axis per benchmark (its primary metric; each axis scaled to the values on it, so tasks with different ranges
-share one chart), and logs the PNG and the table to a new MLflow run tagged with the compared run ids.
+Reads the metrics the pipeline logs on each parent run (`<task>/<metric>`), draws one polygon per run over the
+paper's twelve axes (each from the unit's trivial baseline at the centre to the paper's number at the rim, see
+`flows.steps.reference`), and logs the PNG and the table (every unit and metric) to a new MLflow run tagged with
+the compared run ids.
 """
 
 import json
@@ -10,14 +11,7 @@ import math
 from dataclasses import dataclass
 from pathlib import Path
 
-PRIMARY_METRIC = {
-    "vqav2": "overall",
-    "nlvr2": "accuracy",
-    "coco_captioning": "CIDEr",
-    "nocaps": "CIDEr",
-    "imagenet": "accuracy",
-}
-"""The number each benchmark is known by (the metric of `evaluation.score`); other tasks: their first metric."""
+from flows.steps.reference import PAPER_AXES, axis_baseline, display
 
 
 @dataclass
@@ -40,12 +34,6 @@ def load_run_metrics(client, run_ids: list[str]) -> list[RunMetrics]:
     return runs
 
 
-def primary_metric(task: str, runs: list[RunMetrics]) -> str | None:
-    names = sorted({m for r in runs for m in r.benchmarks.get(task, {})})
-    preferred = PRIMARY_METRIC.get(task)
-    return preferred if preferred in names else (names[0] if names else None)
-
-
 def comparison_table(runs: list[RunMetrics]) -> list[dict]:
     """One row per (benchmark, metric), one column per run."""
     rows = []
@@ -58,52 +46,76 @@ def comparison_table(runs: list[RunMetrics]) -> list[dict]:
 
 
 def radar_chart(runs: list[RunMetrics], path: Path) -> Path:
-    """One axis per benchmark (its primary metric), one filled polygon per run, values written at the vertices."""
-    import matplotlib
+    """The paper's twelve axes (`flows.steps.reference.PAPER_AXES`), one polygon per run.
 
-    matplotlib.use("Agg")
+    Each axis runs from the unit's trivial baseline (centre) to the paper's giant-model number (outer ring), so
+    one run already shows where it stands; values beyond the paper's stop just outside the ring. A unit a run
+    did not report is left out of its polygon (not drawn as zero), and an axis no run reports is marked
+    "not run". Value labels sit inside the ring, axis names outside it.
+    """
     import matplotlib.pyplot as plt
 
-    axes = [(t, primary_metric(t, runs)) for t in sorted({t for r in runs for t in r.benchmarks})]
-    axes = [(t, m) for t, m in axes if m]
-    if not axes:
-        raise ValueError("the runs hold no benchmark metrics to compare")
-    angles = [2 * math.pi * i / len(axes) for i in range(len(axes))]
-    fig = plt.figure(figsize=(7, 7))
-    ax = fig.add_subplot(polar=True)
-    ax.set_theta_offset(math.pi / 2)
-    ax.set_theta_direction(-1)
-    for index, run in enumerate(runs):
-        values = [run.benchmarks.get(t, {}).get(m) for t, m in axes]
-        radii = [
-            _scaled(v, [r.benchmarks.get(t, {}).get(m) for r in runs]) for v, (t, m) in zip(values, axes, strict=True)
-        ]
-        color = plt.cm.tab10(index % 10)
-        ax.plot([*angles, angles[0]], [*radii, radii[0]], color=color, linewidth=2, label=run.name)
-        ax.fill([*angles, angles[0]], [*radii, radii[0]], color=color, alpha=0.15)
-        for angle, radius, value in zip(angles, radii, values, strict=True):
-            if value is not None:
-                ax.annotate(f"{value:.1f}", (angle, radius), color=color, fontsize=9, ha="center", va="bottom")
-    ax.set_xticks(angles)
-    ax.set_xticklabels([f"{t}\n({m})" for t, m in axes], fontsize=10)
-    ax.set_yticks([0.3, 0.65, 1.0])  # rings at the lowest, middle and highest value of every axis
-    ax.set_yticklabels([])
-    ax.set_ylim(0, 1.05)
-    ax.legend(loc="upper right", bbox_to_anchor=(1.3, 1.12), fontsize=9)
-    ax.set_title("Benchmark results per pipeline run", pad=28)
+    fig = draw_radar(runs)
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=120, bbox_inches="tight")
     plt.close(fig)
     return path
 
 
-def _scaled(value: float | None, column: list[float | None]) -> float:
-    """Per-axis scale: the smallest value on the axis sits at 0.3, the largest at 1 (0 for a missing value)."""
-    if value is None:
-        return 0.0
-    known = [v for v in column if v is not None]
-    low, high = min(known), max(known)
-    return 1.0 if high == low else 0.3 + 0.7 * (value - low) / (high - low)
+def radar_points(run: RunMetrics) -> list[tuple[int, float, float]]:
+    """(axis index, radius, value in the published scale) of every paper axis the run reports."""
+    points = []
+    for index, axis in enumerate(PAPER_AXES):
+        metrics = run.benchmarks.get(axis.unit, {})
+        value = display(axis.unit, axis.metric, metrics.get(axis.metric))
+        if value is not None:
+            points.append((index, _radius(value, axis_baseline(axis, metrics), axis.paper), value))
+    return points
+
+
+def draw_radar(runs: list[RunMetrics]):
+    """The radar figure (see `radar_chart`)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    if not any(r.benchmarks for r in runs):
+        raise ValueError("the runs hold no benchmark metrics to compare")
+    axes = PAPER_AXES
+    angles = [2 * math.pi * i / len(axes) for i in range(len(axes))]
+    fig = plt.figure(figsize=(9, 9))
+    ax = fig.add_subplot(polar=True)
+    ax.set_theta_offset(math.pi / 2)
+    ax.set_theta_direction(-1)
+    for index, run in enumerate(runs):
+        color = plt.cm.tab10(index % 10)
+        points = [(angles[i], radius, value) for i, radius, value in radar_points(run)]
+        if not points:
+            continue
+        closed = [*points, points[0]]
+        ax.plot([p[0] for p in closed], [p[1] for p in closed], color=color, linewidth=2, marker="o", label=run.name)
+        ax.fill([p[0] for p in closed], [p[1] for p in closed], color=color, alpha=0.12)
+        for angle, radius, value in points:
+            ax.annotate(f"{value:.1f}", (angle, min(radius, 0.85) + 0.04), color=color, fontsize=8, ha="center")
+    reported = {a.unit for a in axes if any(a.unit in r.benchmarks for r in runs)}
+    ax.set_xticks(angles)
+    ax.set_xticklabels([a.label + ("" if a.unit in reported else "\n(not run)") for a in axes], fontsize=9)
+    ax.tick_params(axis="x", pad=18)
+    ax.set_yticks([0.25, 0.5, 0.75, 1.0])
+    ax.set_yticklabels([])
+    ax.set_ylim(0, RIM_MAX)
+    ax.legend(loc="upper right", bbox_to_anchor=(1.32, 1.12), fontsize=9)
+    ax.set_title("Centre: trivial baseline; outer ring: BEiT-3 paper (giant)", pad=36, fontsize=11)
+    return fig
+
+
+RIM_MAX = 1.08
+
+
+def _radius(value: float, baseline: float, paper: float) -> float:
+    """0 at the baseline, 1 at the paper's number, clipped to [0, RIM_MAX]."""
+    return min(RIM_MAX, max(0.0, (value - baseline) / (paper - baseline)))
 
 
 def log_comparison(client, experiment_id: str, runs: list[RunMetrics], png: Path, rows: list[dict]) -> str:

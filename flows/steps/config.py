@@ -8,14 +8,20 @@
     benchmarks:                                 # task names, or {task, overrides}
       - vqav2
       - {task: nlvr2, overrides: {epochs: 1}}
+    itc:                                        # optional: ITC tuning of the pretrained checkpoint
+      recipe: itc_tiny_cpu
+      overrides: {run: {steps: 40}}
+    zeroshot:                                   # zero-shot retrieval of the ITC checkpoint (needs `itc`)
+      - {unit: flickr30k_zeroshot, root: runs/demo/benchmarks/flickr30k}
     execution: {io_retries: 2, retry_delay_seconds: [2, 10]}
 
 Relative paths resolve against the current directory, as in the preprocessing config. The pipeline owns the
 output locations (whatever the referenced files say), so every step writes to a deterministic path:
-preprocessing to `<run_dir>/shards`; pretraining and fine-tuning runs (Ray Train checkpoints, final models) to
-`<storage>/pretrain` and `<storage>/finetune/runs`, where `storage` is a shared path or a pyarrow filesystem
-URI (`s3://bucket/beit3`, `gs://...`, `hdfs://...`), required on multi-node clusters, and defaults to the run
-directory. An explicit `pretrain.overrides.run.storage_path` or a benchmark's `storage_path` override wins.
+preprocessing to `<run_dir>/shards`; pretraining, ITC tuning and fine-tuning runs (Ray Train checkpoints, final
+models) to `<storage>/pretrain`, `<storage>/itc` and `<storage>/finetune/runs`, where `storage` is a shared path
+or a pyarrow filesystem URI (`s3://bucket/beit3`, `gs://...`, `hdfs://...`), required on multi-node clusters,
+and defaults to the run directory. An explicit `run.storage_path` in a training section's overrides or a
+benchmark's `storage_path` override wins.
 """
 
 import hashlib
@@ -44,6 +50,18 @@ class PretrainSection(_Strict):
     overrides: dict[str, dict[str, Any]] = Field(default_factory=dict)
 
 
+class ZeroShotUnit(_Strict):
+    unit: str = Field(pattern=r"^[a-z0-9_]+_zeroshot$")
+    root: str
+    """The benchmark's Karpathy files (`dataset_flickr30k.json` + images, or `dataset_coco.json` + images)."""
+    tokenizer: str | None = None
+    """Default: the shards' SentencePiece model (what pretraining and ITC read)."""
+    img_size: int = 224
+    batch_size: int = 64
+    chunk_size: int = 1024
+    text_len: int = 64
+
+
 class Benchmark(_Strict):
     task: str = Field(pattern=r"^[a-z0-9_]+$")
     overrides: dict[str, Any] = Field(default_factory=dict)
@@ -66,6 +84,9 @@ class PipelineConfig(_Strict):
     preprocess: str | dict[str, Any]
     pretrain: PretrainSection = Field(default_factory=PretrainSection)
     benchmarks: list[Benchmark] = Field(default_factory=list)
+    itc: PretrainSection | None = None
+    """ITC tuning of the pretrained checkpoint (`recipe: itc_tiny_cpu`); None = no ITC step."""
+    zeroshot: list[ZeroShotUnit] = Field(default_factory=list)
     execution: Execution = Field(default_factory=Execution)
     mlflow_experiment: str = PIPELINE_EXPERIMENT
     storage: str | None = None
@@ -96,6 +117,15 @@ class PipelineConfig(_Strict):
             raise ValueError(f"benchmark tasks must be unique, got {names}")
         return value
 
+    @model_validator(mode="after")
+    def _zeroshot_needs_itc(self) -> "PipelineConfig":
+        if self.zeroshot and self.itc is None:
+            raise ValueError("zero-shot units evaluate the ITC checkpoint: add an `itc` section")
+        units = [z.unit for z in self.zeroshot]
+        if len(set(units)) != len(units):
+            raise ValueError(f"zero-shot units must be unique, got {units}")
+        return self
+
     @property
     def shards_dir(self) -> Path:
         return self.run_dir / "shards"
@@ -123,10 +153,13 @@ def resolve_preprocess(cfg: PipelineConfig) -> PreprocessConfig:
     return load_preprocess_config(inline, overrides)
 
 
-def resolve_pretrain(cfg: PipelineConfig, tracking_uri: str, ray_address: str | None) -> PretrainConfig:
-    """The pretraining config reading the pipeline's shards and storing runs in `<storage>/pretrain` (or the
-    `storage_path` its overrides name)."""
-    storage = cfg.pretrain.overrides.get("run", {}).get("storage_path") or cfg.storage_location("pretrain")
+def resolve_pretrain(
+    cfg: PipelineConfig, tracking_uri: str, ray_address: str | None, stage: str = "pretrain"
+) -> PretrainConfig:
+    """The pretraining (or, `stage="itc"`, ITC) config reading the pipeline's shards and storing runs in
+    `<storage>/<stage>` (or the `storage_path` its overrides name)."""
+    section = cfg.pretrain if stage == "pretrain" else cfg.itc
+    storage = section.overrides.get("run", {}).get("storage_path") or cfg.storage_location(stage)
     forced = {
         "data": {"shards": str(cfg.shards_dir)},
         "run": {
@@ -136,10 +169,22 @@ def resolve_pretrain(cfg: PipelineConfig, tracking_uri: str, ray_address: str | 
             "ray_address": ray_address,
         },
     }
-    overrides = _merge(cfg.pretrain.overrides, forced)
-    if cfg.pretrain.config:
-        return load_config(cfg.pretrain.config, overrides)
-    return build_config(cfg.pretrain.recipe, overrides)
+    overrides = _merge(section.overrides, forced)
+    if section.config:
+        return load_config(section.config, overrides)
+    return build_config(section.recipe, overrides)
+
+
+def tokenizer_path(pre_cfg: PreprocessConfig) -> str:
+    """The SentencePiece model the shards were encoded with."""
+    return pre_cfg.text.spm_model or str(Path(pre_cfg.output) / "tokenizers" / "spm.model")
+
+
+def zeroshot_config(unit: ZeroShotUnit, pre_cfg: PreprocessConfig) -> dict[str, Any]:
+    """The unit's evaluation settings as the zero-shot step sees them (paths absolute, JSON-plain)."""
+    values = unit.model_dump() | {"root": str(Path(unit.root).resolve())}
+    values["tokenizer"] = str(Path(unit.tokenizer).resolve()) if unit.tokenizer else tokenizer_path(pre_cfg)
+    return values
 
 
 def preprocess_config_hash(cfg: PreprocessConfig) -> str:
@@ -151,7 +196,7 @@ def benchmark_config(benchmark: Benchmark, cfg: PipelineConfig, pre_cfg: Preproc
     """The task config as `run_finetune` sees it: the benchmark's overrides over the pipeline's defaults
     (the shards' SentencePiece model, Ray Train storage in `<storage>/finetune/runs`), sorted and JSON-plain."""
     defaults = {
-        "tokenizer": pre_cfg.text.spm_model or str(Path(pre_cfg.output) / "tokenizers" / "spm.model"),
+        "tokenizer": tokenizer_path(pre_cfg),
         "storage_path": cfg.storage_location("finetune", "runs"),
     }
     return json.loads(json.dumps(defaults | benchmark.overrides, sort_keys=True, default=str))

@@ -45,7 +45,23 @@ def pretrain(
 ) -> dict:
     """`run_dir`: the pipeline's run directory, where a remote run's final checkpoint is kept locally."""
     cfg = copy.deepcopy(cfg)
-    name = cfg.run.name = pretrain_key_of(cfg, dataset)
+    cfg.run.name = pretrain_key_of(cfg, dataset)
+    return run_training(cfg, "pretrain", dataset, settings, tracking, force, {}, run_dir)
+
+
+def run_training(
+    cfg: PretrainConfig,
+    step: str,
+    dataset: dict,
+    settings: Settings,
+    tracking: Tracking,
+    force: bool,
+    tags: dict,
+    run_dir: str | None = None,
+) -> dict:
+    """Run (or reuse, or resume) the Ray Train run named `cfg.run.name` in the configured storage and describe
+    its final checkpoint; shared by the pretrain and ITC steps, which differ in config and cache key only."""
+    name = cfg.run.name
     storage = RunStorage(cfg.run.storage_path)
     if force or not storage.exists(name, *FINAL):
         if force or not storage.exists(name, RUN_INFO):
@@ -54,10 +70,10 @@ def pretrain(
         ensure_ray(settings, min_cpus=int(cfg.run.num_workers * cfg.run.cpus_per_worker) + 1)
         run_pretraining(cfg, resume=resume)
     info = json.loads(storage.read_text(name, RUN_INFO))
-    local = state_dir(Path(run_dir or ".")) / "pretrain" / name
+    local = state_dir(Path(run_dir or ".")) / step / name
     final = storage.local_copy(local / FINAL[-1], name, *FINAL)
     released = storage.local_copy(local / RELEASED[-1], name, *RELEASED)
-    tracking.adopt(info["mlflow_run_id"], "pretrain", {"beit3.dataset_version": dataset["dataset_version"]})
+    tracking.adopt(info["mlflow_run_id"], step, {"beit3.dataset_version": dataset["dataset_version"]} | tags)
     metrics = tracking.client().get_run(info["mlflow_run_id"]).data.metrics
     return {
         "run_name": name,

