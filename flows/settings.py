@@ -19,6 +19,7 @@ hold them (`flows.steps.runner` sets each step's `result_storage`).
 """
 
 import os
+import threading
 from pathlib import Path
 
 from pydantic import AliasChoices, Field
@@ -92,8 +93,17 @@ def configure_environment(run_dir: Path) -> Settings:
     return settings
 
 
+_RAY_START = threading.Lock()
+"""Steps run in threads (one ingest per source): only one of them may start Ray."""
+
+
 def ensure_ray(settings: Settings, min_cpus: int = 1) -> None:
     """Connect to `RAY_ADDRESS`, or start the local Ray once per process (reused by every later step)."""
+    with _RAY_START:
+        _start_ray(settings, min_cpus)
+
+
+def _start_ray(settings: Settings, min_cpus: int) -> None:
     import ray
 
     if ray.is_initialized():
