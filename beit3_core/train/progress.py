@@ -85,14 +85,15 @@ class WorkerProgress:
 
 
 class ProgressDisplay:
-    """One line of progress: rich bar in a terminal, plain lines otherwise (`BEIT3_PROGRESS=plain|rich`)."""
+    """One line of progress on stderr (stdout stays for results): a rich bar in a terminal, plain lines
+    otherwise (`BEIT3_PROGRESS=plain|rich`)."""
 
     _lock = threading.Lock()
     _live = None  # one shared rich Progress for every display open at once (concurrent pipeline steps)
     _users = 0
 
     def __init__(self, label: str, total: int | None = None, stream=None):
-        self.label, self.total, self.stream = label, total, stream or sys.stdout
+        self.label, self.total, self.stream = label, total, stream or sys.stderr
         mode = os.environ.get("BEIT3_PROGRESS", "rich" if self.stream.isatty() else "plain")
         self.rich = mode == "rich"
         self.step, self.start_step, self.loss, self.rate = 0, 0, None, None
@@ -104,6 +105,7 @@ class ProgressDisplay:
         if self.rich:
             with ProgressDisplay._lock:
                 if ProgressDisplay._live is None:
+                    from rich.console import Console
                     from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
 
                     ProgressDisplay._live = Progress(
@@ -112,6 +114,7 @@ class ProgressDisplay:
                         TextColumn("{task.completed}/{task.total}"),
                         TextColumn("{task.fields[info]}"),
                         TimeRemainingColumn(),
+                        console=Console(stderr=True),
                     )
                     ProgressDisplay._live.start()
                 ProgressDisplay._users += 1

@@ -75,15 +75,15 @@ def reference_run(shards, tmp_path_factory):
     """An uninterrupted run: its MLflow store and final weights are what the other runs must reproduce."""
     folder = tmp_path_factory.mktemp("reference")
     out = _pretrain(_write_config(folder, shards, folder / "runs"))
-    return folder / "runs", out.stdout
+    return folder / "runs", out.stdout, out.stderr
 
 
 def test_run_reports_where_mlflow_is_and_the_loss_falls(reference_run):
-    storage, stdout = reference_run
+    storage, stdout, stderr = reference_run
     assert "MLflow run" in stdout and f"sqlite:///{storage}/mlflow.db" in stdout
-    # Live progress (plain lines: no terminal): the first logged step and the last, with loss and rate.
-    lines = [line for line in stdout.splitlines() if line.startswith("pretrain pretrain-") and ": step " in line]
-    assert lines and f"step {STEPS}/{STEPS} loss " in lines[-1] and "samples/s" in lines[-1], stdout
+    # Live progress on stderr (plain lines: no terminal): the last step, with loss and rate.
+    lines = [line for line in stderr.splitlines() if line.startswith("pretrain pretrain-") and ": step " in line]
+    assert lines and f"step {STEPS}/{STEPS} loss " in lines[-1] and "samples/s" in lines[-1], stderr
     client = mlflow.MlflowClient(tracking_uri=f"sqlite:///{storage}/mlflow.db")
     (run,) = client.search_runs(client.get_experiment_by_name("beit3-pretrain").experiment_id)
     history = client.get_metric_history(run.info.run_id, "loss")
@@ -92,7 +92,7 @@ def test_run_reports_where_mlflow_is_and_the_loss_falls(reference_run):
 
 
 def test_mlflow_run_holds_params_metrics_and_artifacts(reference_run):
-    storage, _ = reference_run
+    storage = reference_run[0]
     client = mlflow.MlflowClient(tracking_uri=f"sqlite:///{storage}/mlflow.db")
     (run,) = client.search_runs(client.get_experiment_by_name("beit3-pretrain").experiment_id)
     assert run.info.status == "FINISHED"
@@ -122,25 +122,25 @@ def test_mlflow_run_holds_params_metrics_and_artifacts(reference_run):
 
 
 def test_killed_worker_is_restarted_and_the_result_is_identical(reference_run, shards, tmp_path):
-    storage, _ = reference_run
+    storage = reference_run[0]
     marker = tmp_path / "killed"
     fault = {"kill_rank": 1, "at_step": 7, "marker": str(marker)}
     out = _pretrain(_write_config(tmp_path, shards, tmp_path / "runs", fault_injection=fault))
     assert marker.read_text() == "killed rank 1 at step 7\n"  # the SIGKILL really happened
     # The user is told which rank died and where the restarted group continues (the last checkpoint the
     # controller registered before the failure: step 4, or the start when the kill came first), then the rest.
-    (failure,) = [line for line in out.stdout.splitlines() if "worker failure:" in line]
+    (failure,) = [line for line in out.stderr.splitlines() if "worker failure:" in line]
     assert "rank 1 (WorkerHealthCheckFailedError" in failure and "restarts left after this one: 1" in failure
     restart = failure.split("restarting from ")[1]
     assert restart.startswith(("step 4,", "the start")), failure
     if restart.startswith("step 4,"):
-        assert "rank 0 resumed from the checkpoint of step 4" in out.stdout, out.stdout
-    assert f"step {STEPS}/{STEPS} loss" in out.stdout.split(failure)[1]
+        assert "rank 0 resumed from the checkpoint of step 4" in out.stderr, out.stderr
+    assert f"step {STEPS}/{STEPS} loss" in out.stderr.split(failure)[1]
     assert _max_diff(_final_weights(tmp_path / "runs"), _final_weights(storage)) <= 1e-6
 
 
 def test_resume_after_a_full_stop_is_identical(reference_run, shards, tmp_path):
-    storage, _ = reference_run
+    storage = reference_run[0]
     runs = tmp_path / "runs"
     config = _write_config(tmp_path, shards, runs)
     env = os.environ | {"RAY_AUTH_MODE": "disabled"}
@@ -197,7 +197,7 @@ def test_bad_shard_can_be_skipped(shards, tmp_path):
 def test_fsdp_run_resumed_on_one_worker_equals_the_uninterrupted_run(reference_run, shards, tmp_path):
     """FSDP2 on a CPU mesh (gloo): 2 workers save sharded checkpoints, one is killed, the run resumes on 1 worker
     (the same 2 data ranks, now both on one worker) and ends with the weights of the uninterrupted DDP run."""
-    storage, _ = reference_run
+    storage = reference_run[0]
     runs = tmp_path / "runs"
     marker = tmp_path / "killed"
     fault = {"kill_rank": 1, "at_step": 6, "marker": str(marker)}
