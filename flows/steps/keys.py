@@ -13,6 +13,8 @@ import hashlib
 import json
 from pathlib import Path
 
+from preprocessing.content_hash import file_sha256  # noqa: F401  (the steps' file hash)
+
 REPO_ROOT = Path(__file__).resolve().parents[2]
 
 
@@ -31,14 +33,6 @@ def code_hash(*entries: str) -> str:
             h.update(file.relative_to(REPO_ROOT).as_posix().encode())
             h.update(file.read_bytes())
     return h.hexdigest()[:16]
-
-
-def file_sha256(path: str | Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 def step_key(step: str, *parts: object) -> str:
