@@ -11,8 +11,6 @@ bicubic over the patch grid, align_corners=False). Loading never unpickles arbit
 import argparse
 import json
 import logging
-import os
-import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -25,6 +23,7 @@ from beit3_core.config import BEiT3Config, get_config
 from beit3_core.itc import ITC_HEAD_KEYS, BEiT3ForITC
 from beit3_core.mdm import BEiT3ForMDM
 from beit3_core.model import BEiT3
+from beit3_core.runtime.atomic import atomic_path
 
 logger = logging.getLogger(__name__)
 
@@ -288,12 +287,6 @@ def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
 
 def _atomic_write(path: Path, write) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    try:
-        write(tmp)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    with atomic_path(path) as tmp:
+        write(str(tmp))
     return path

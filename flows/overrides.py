@@ -2,7 +2,7 @@
 
 import argparse
 
-import yaml
+from beit3_core.runtime.config import parse_set
 
 
 def add_override_argument(parser: argparse.ArgumentParser, example: str) -> None:
@@ -17,12 +17,8 @@ def add_override_argument(parser: argparse.ArgumentParser, example: str) -> None
 
 
 def parse_overrides(items: list[str]) -> dict:
-    """["run.steps=50", ...] -> {"run": {"steps": 50}, ...}."""
-    overrides: dict = {}
-    for item in items:
-        key, sep, value = item.partition("=")
-        if not sep or "." not in key:
-            raise SystemExit(f"--set expects SECTION.FIELD=VALUE, got {item!r}")
-        section, field = key.split(".", 1)
-        overrides.setdefault(section, {})[field] = yaml.safe_load(value)
-    return overrides
+    """["run.steps=50", ...] -> {"run": {"steps": 50}, ...} (`beit3_core.runtime.config.parse_set`)."""
+    try:
+        return parse_set(items)
+    except ValueError as error:
+        raise SystemExit(str(error)) from error

@@ -19,11 +19,12 @@ hold them (`flows.steps.runner` sets each step's `result_storage`).
 """
 
 import os
-import threading
 from pathlib import Path
 
 from pydantic import AliasChoices, Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from beit3_core.runtime.cluster import start_ray
 
 STATE_DIR = ".state"
 
@@ -38,8 +39,7 @@ class Settings(BaseSettings):
     mlflow_tracking_uri: str | None = Field(
         None, validation_alias=AliasChoices("MLFLOW_TRACKING_URI", "mlflow_tracking_uri")
     )
-    ray_num_cpus: int | None = Field(None, validation_alias=AliasChoices("BEIT3_RAY_NUM_CPUS", "ray_num_cpus"))
-    """Logical CPUs of the local Ray; default: physical cores + 1, so Ray Data is never starved (spec 2.2)."""
+    # BEIT3_RAY_NUM_CPUS: logical CPUs of a local Ray, read by `beit3_core.runtime.cluster` (default cores + 1).
     ray_object_store_bytes: int = Field(
         1_500_000_000, validation_alias=AliasChoices("BEIT3_RAY_OBJECT_STORE_BYTES", "ray_object_store_bytes")
     )
@@ -93,31 +93,6 @@ def configure_environment(run_dir: Path) -> Settings:
     return settings
 
 
-_RAY_START = threading.Lock()
-"""Steps run in threads (one ingest per source): only one of them may start Ray."""
-
-
-def ensure_ray(settings: Settings, min_cpus: int = 1) -> None:
+def ensure_ray(settings: Settings, min_cpus: float = 1) -> None:
     """Connect to `RAY_ADDRESS`, or start the local Ray once per process (reused by every later step)."""
-    with _RAY_START:
-        _start_ray(settings, min_cpus)
-
-
-def _start_ray(settings: Settings, min_cpus: int) -> None:
-    import ray
-
-    if ray.is_initialized():
-        return
-    if settings.ray_address:
-        ray.init(address=settings.ray_address, log_to_driver=False)
-        return
-    os.environ.setdefault("RAY_AUTH_MODE", "disabled")
-    num_cpus = max(settings.ray_num_cpus or (os.cpu_count() or 1) + 1, min_cpus)
-    # address="local": never attach to a `ray start` cluster found in /tmp/ray by accident (spec 0.4).
-    ray.init(
-        address="local",
-        num_cpus=num_cpus,
-        object_store_memory=settings.ray_object_store_bytes,
-        include_dashboard=False,
-        log_to_driver=False,
-    )
+    start_ray(settings.ray_address, min_cpus, settings.ray_object_store_bytes)

@@ -9,14 +9,12 @@
 Relative paths are resolved against the current directory.
 """
 
-import dataclasses
-import hashlib
-import json
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import yaml
 
+from beit3_core.runtime.config import build_tree, fingerprint, merge, read_yaml
 from preprocessing.sources import SourceSpec
 
 
@@ -103,27 +101,7 @@ class PreprocessConfig:
 
     def section_hash(self, *names: str) -> str:
         """Hash of the named sections, for the cache keys of the stages that depend on them."""
-        data = {n: _plain(getattr(self, n)) for n in names}
-        return hashlib.sha256(json.dumps(data, sort_keys=True, default=str).encode()).hexdigest()[:16]
-
-
-def _plain(value):
-    if dataclasses.is_dataclass(value):
-        return dataclasses.asdict(value)
-    if isinstance(value, list):
-        return [_plain(v) for v in value]
-    return value
-
-
-def _section(cls, values: dict | None, name: str):
-    values = values or {}
-    known = {f.name for f in dataclasses.fields(cls)}
-    unknown = set(values) - known
-    if unknown:
-        raise ValueError(f"unknown fields in {name!r}: {sorted(unknown)}; known: {sorted(known)}")
-    if "scale" in values:
-        values = values | {"scale": tuple(values["scale"])}
-    return cls(**values)
+        return fingerprint({n: getattr(self, n) for n in names}, length=16)
 
 
 def load_sources(value, base_dir: Path) -> list[SourceSpec]:
@@ -135,15 +113,12 @@ def load_sources(value, base_dir: Path) -> list[SourceSpec]:
     return [SourceSpec.from_dict(item, base_dir.resolve()) for item in value]
 
 
+PLAIN_FIELDS = ("output", "sources", "ray_address", "seed")
+
+
 def load_preprocess_config(path: str | Path, overrides: dict | None = None) -> PreprocessConfig:
-    path = Path(path)
-    raw = yaml.safe_load(path.read_text()) or {}
-    for key, value in (overrides or {}).items():
-        raw[key] = (raw.get(key) or {}) | value if isinstance(value, dict) else value
-    known = {f.name for f in dataclasses.fields(PreprocessConfig)}
-    unknown = set(raw) - known
-    if unknown:
-        raise ValueError(f"{path}: unknown keys {sorted(unknown)}; known: {sorted(known)}")
+    """Read a YAML file; `overrides` (nested, e.g. from `--set`) win over it."""
+    raw = merge(read_yaml(path), overrides or {})
     for required in ("output", "sources"):
         if required not in raw:
             raise ValueError(f"{path}: missing {required!r}")
@@ -151,14 +126,9 @@ def load_preprocess_config(path: str | Path, overrides: dict | None = None) -> P
     names = [s.name for s in sources]
     if len(set(names)) != len(names):
         raise ValueError(f"{path}: source names must be unique, got {names}")
-    return PreprocessConfig(
-        output=str(Path(raw["output"]).resolve()),
-        sources=sources,
-        text=_section(TextStage, raw.get("text"), "text"),
-        visual=_section(VisualStage, raw.get("visual"), "visual"),
-        views=_section(ViewStage, raw.get("views"), "views"),
-        shards=_section(ShardStage, raw.get("shards"), "shards"),
-        validation=_section(ValidationStage, raw.get("validation"), "validation"),
-        ray_address=raw.get("ray_address"),
-        seed=raw.get("seed", 0),
-    )
+    plain = {k: raw.pop(k) for k in PLAIN_FIELDS if k in raw}
+    plain |= {"output": str(Path(plain["output"]).resolve()), "sources": sources}
+    try:
+        return build_tree(PreprocessConfig, raw, **plain)
+    except ValueError as error:
+        raise ValueError(f"{path}: {error}") from error

@@ -30,7 +30,7 @@ from pathlib import Path
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from preprocessing.atomic import write_atomic
+from beit3_core.runtime.atomic import write_atomic
 
 CHUNK_BYTES = 1 << 20
 BATCH_BYTES = 64 << 20

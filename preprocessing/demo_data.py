@@ -45,6 +45,7 @@ import numpy as np
 import yaml
 from PIL import Image, ImageDraw, ImageFont
 
+from beit3_core.runtime.atomic import write_text_atomic
 from preprocessing.sources import SourceSpec
 
 __all__ = [
@@ -396,12 +397,6 @@ def _read_manifest(out_dir: Path) -> dict[str, Any] | None:
         return None
 
 
-def _write_atomic(path: Path, text: str) -> None:
-    tmp = path.with_name(f"_{path.name}.{os.getpid()}.tmp")
-    tmp.write_text(text, encoding="utf-8")
-    os.replace(tmp, path)
-
-
 def build_demo_corpus(
     out_dir: str | os.PathLike[str],
     limits: DemoLimits | None = None,
@@ -458,8 +453,8 @@ def build_demo_corpus(
         counts["text"], counts["fortunes"] = _build_text(packages, out_dir, limits.text_per_collection)
 
     source_dicts = [spec.to_dict(base_dir=out_dir) for spec in specs]
-    _write_atomic(out_dir / _SOURCES_YAML, yaml.safe_dump({"sources": source_dicts}, sort_keys=False))
+    write_text_atomic(out_dir / _SOURCES_YAML, yaml.safe_dump({"sources": source_dicts}, sort_keys=False))
     manifest = {"parameters": parameters, "counts": counts, "heldout": heldout, "sources": source_dicts}
-    _write_atomic(out_dir / _MANIFEST, json.dumps(manifest, indent=2, sort_keys=True) + "\n")
+    write_text_atomic(out_dir / _MANIFEST, json.dumps(manifest, indent=2, sort_keys=True) + "\n")
     seconds = time.perf_counter() - start
     return {"out_dir": out_dir, "built": True, "counts": counts, "sources": specs, "seconds": seconds}

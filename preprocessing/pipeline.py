@@ -18,7 +18,6 @@ redoes only the shards that read it.
 import hashlib
 import json
 import logging
-import os
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -26,6 +25,8 @@ from pathlib import Path
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from beit3_core.runtime.atomic import atomic_path
+from beit3_core.runtime.cluster import start_ray
 from preprocessing.clean import clean_shard
 from preprocessing.config import PreprocessConfig
 from preprocessing.manifest import dataset_version, shard_entry
@@ -57,15 +58,10 @@ def _sha(*parts: str) -> str:
     return hashlib.sha256("|".join(parts).encode()).hexdigest()[:24]
 
 
-def _write_atomic(path: Path, write) -> None:
-    tmp = path.with_name(f"_tmp.{path.name}.{os.getpid()}")
-    write(tmp)
-    os.replace(tmp, path)
-
-
 def _write_quarantine(path: Path, records: list[QuarantineRecord]) -> None:
     table = pa.Table.from_pylist([asdict(r) for r in records], schema=QUARANTINE_SCHEMA)
-    _write_atomic(path, lambda tmp: pq.write_table(table, tmp))
+    with atomic_path(path) as tmp:
+        pq.write_table(table, tmp)
 
 
 # Ray task bodies: plain functions of plain arguments, so they are testable without Ray.
@@ -77,7 +73,8 @@ def clean_task(plan: ShardPlan, key: str, rules: dict, short_side: int, work: Pa
         return json.loads(stamp.read_text()) | {"reused": True}
     image_rules, text_rules = ImageRules(**rules["image"]), TextRules(**rules["text"])
     result = clean_shard(plan.source, plan.files, image_rules, text_rules, short_side, reuse_jpeg)
-    _write_atomic(work / f"{plan.name}.clean.parquet", lambda tmp: pq.write_table(result.table(), tmp))
+    with atomic_path(work / f"{plan.name}.clean.parquet") as tmp:
+        pq.write_table(result.table(), tmp)
     _write_quarantine(work / f"{plan.name}.rejects.parquet", result.quarantine)
     summary = {
         "key": key,
@@ -87,7 +84,8 @@ def clean_task(plan: ShardPlan, key: str, rules: dict, short_side: int, work: Pa
         "records_clean": len(result.rows),
         "rejected": len(result.quarantine),
     }
-    _write_atomic(stamp, lambda tmp: Path(tmp).write_text(json.dumps(summary)))
+    with atomic_path(stamp) as tmp:
+        Path(tmp).write_text(json.dumps(summary))
     return summary | {"reused": False}
 
 
@@ -103,25 +101,6 @@ def _find_duplicates(plans: list[ShardPlan], work: Path) -> dict[str, dict[str, 
             else:
                 first[digest] = key
     return duplicates
-
-
-def _start_ray(address: str | None) -> None:
-    import ray
-
-    os.environ.setdefault("RAY_AUTH_MODE", "disabled")
-    if ray.is_initialized():
-        return
-    address = address or os.environ.get("RAY_ADDRESS")
-    if address:
-        ray.init(address=address, log_to_driver=False)
-    else:
-        ray.init(
-            address="local",
-            num_cpus=os.cpu_count(),
-            include_dashboard=False,
-            log_to_driver=False,
-            object_store_memory=1 << 30,
-        )
 
 
 def run_preprocessing(cfg: PreprocessConfig, progress=None) -> PreprocessReport:
@@ -142,7 +121,7 @@ def run_preprocessing(cfg: PreprocessConfig, progress=None) -> PreprocessReport:
     ]
     if not plans:
         raise ValueError("the configured sources hold no input files")
-    _start_ray(cfg.ray_address)
+    start_ray(cfg.ray_address)
 
     rules = {"image": cfg.validation.image, "text": cfg.validation.text}
     reuse_jpeg = cfg.views.reuse_source_jpeg
@@ -233,7 +212,8 @@ def _manifest(cfg, plans, clean, out, work, text_info, visual_info, code) -> tup
             records_quarantined=src["records_quarantined"],
         ).check()
     quarantine = pa.concat_tables(tables) if tables else QUARANTINE_SCHEMA.empty_table()
-    _write_atomic(out / QUARANTINE_FILE, lambda tmp: pq.write_table(quarantine, tmp))
+    with atomic_path(out / QUARANTINE_FILE) as tmp:
+        pq.write_table(quarantine, tmp)
     from beit3_core.data.views import render_info
 
     manifest = {

@@ -21,6 +21,8 @@ from pathlib import Path
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from beit3_core.runtime.atomic import atomic_path
+
 __all__ = ["QUARANTINE_SCHEMA", "QuarantineRecord", "QuarantineWriter", "SourceCounts", "read_quarantine"]
 
 QUARANTINE_SCHEMA = pa.schema(
@@ -136,15 +138,8 @@ class QuarantineWriter:
         "no rejections" from "validation never ran".
         """
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        # Same directory as the target: os.replace is atomic only within one filesystem. The pid keeps two
-        # processes that write the same target from sharing a temporary file.
-        tmp_path = self.path.with_name(f"_{self.path.name}.{os.getpid()}.tmp")
-        try:
-            pq.write_table(self.to_table(), tmp_path, compression="zstd")
-            os.replace(tmp_path, self.path)
-        except BaseException:
-            tmp_path.unlink(missing_ok=True)
-            raise
+        with atomic_path(self.path) as tmp:
+            pq.write_table(self.to_table(), tmp, compression="zstd")
         return self.path
 
 

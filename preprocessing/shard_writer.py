@@ -39,7 +39,7 @@ from beit3_core.data.shard_format import (
     records_to_table,
     sample_json_bytes,
 )
-from preprocessing.atomic import TMP_PREFIX, fsync_dir, temp_path, write_atomic
+from beit3_core.runtime.atomic import TMP_PREFIX, fsync_dir, temp_path, write_atomic
 from preprocessing.content_hash import file_sha256
 
 __all__ = [

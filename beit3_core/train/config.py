@@ -7,15 +7,23 @@ A YAML file names a recipe and overrides any field, e.g.
     optim: {lr: 5.0e-4}
 """
 
-import dataclasses
-import hashlib
-import json
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import yaml
+from beit3_core.runtime.config import (
+    RunSettings,
+    absolute,
+    build_tree,
+    fingerprint,
+    flat_params,
+    merge,
+    read_yaml,
+    to_plain,
+)
 
 OBJECTIVES = ("mdm", "itc")
+STRATEGIES = ("ddp", "fsdp")
+SYNTHETIC_SHARDS = "synthetic"
 
 
 @dataclass
@@ -31,6 +39,10 @@ class ModelSection:
     MDM (projections start at init) or ITC checkpoint."""
     drop_path_rate: float = 0.1
     grad_checkpointing: bool = False
+
+    def __post_init__(self) -> None:
+        if self.objective not in OBJECTIVES:
+            raise ValueError(f"model.objective must be one of {OBJECTIVES}, got {self.objective!r}")
 
 
 @dataclass
@@ -61,6 +73,21 @@ class DataSection:
     on_bad_shard: str = "error"
     """"error": stop naming the shard; "skip": count, log and skip it."""
 
+    def __post_init__(self) -> None:
+        if self.open_shards < 1 or self.shuffle_buffer < 1 or self.prefetch_factor < 1 or self.num_workers < 0:
+            raise ValueError(
+                "data: need open_shards >= 1, shuffle_buffer >= 1, prefetch_factor >= 1, num_workers >= 0; got "
+                f"{self.open_shards}, {self.shuffle_buffer}, {self.prefetch_factor}, {self.num_workers}"
+            )
+        if self.on_bad_shard not in ("error", "skip"):
+            raise ValueError(f"data.on_bad_shard must be 'error' or 'skip', got {self.on_bad_shard!r}")
+        per_step = (self.images_per_step, self.texts_per_step, self.pairs_per_step)
+        if min(per_step) < 0 or not any(per_step):
+            raise ValueError(f"data: the per-step batch sizes must be >= 0 and not all 0, got {per_step}")
+        for name in ("image_mask_ratio", "text_mask_ratio", "pair_text_mask_ratio"):
+            if not 0 <= getattr(self, name) < 1:
+                raise ValueError(f"data.{name} must be in [0, 1), got {getattr(self, name)}")
+
 
 @dataclass
 class OptimSection:
@@ -73,37 +100,41 @@ class OptimSection:
     grad_clip: float = 3.0
     grad_accum_steps: int = 1
 
+    def __post_init__(self) -> None:
+        if self.grad_accum_steps < 1 or self.warmup_steps < 0 or self.lr <= 0:
+            raise ValueError(
+                f"optim: need grad_accum_steps >= 1, warmup_steps >= 0, lr > 0; got {self.grad_accum_steps}, "
+                f"{self.warmup_steps}, {self.lr}"
+            )
 
-@dataclass
-class RunSection:
+
+@dataclass(kw_only=True)
+class RunSection(RunSettings):
     steps: int = 100
-    seed: int = 0
     checkpoint_every: int = 25
-    keep_checkpoints: int = 2
     log_every: int = 5
-    num_workers: int = 2
-    """Ray Train workers (ranks)."""
     data_ranks: int = 0
     """Data-parallel ranks of the data stream and the loss; each worker runs data ranks w, w + num_workers, ...
     as micro-batches. 0 = num_workers. Fixed, a run resumes on any number of workers dividing it."""
-    use_gpu: bool = False
-    cpus_per_worker: float = 1.0
     strategy: str = "ddp"
     """"ddp" or "fsdp" (FSDP2 `fully_shard`; for large and giant on GPUs, also runs on CPU with gloo)."""
     bf16: bool = True
     """bf16 autocast on GPU (ignored on CPU)."""
-    max_failures: int = 2
-    ray_address: str | None = None
-    """None = a local Ray started for the run (or RAY_ADDRESS from the environment)."""
     storage_path: str = "runs/pretrain"
-    """Local folder or a pyarrow/fsspec URI (s3://, gs://, ...) shared by all nodes."""
-    name: str | None = None
-    """Ray run name; default: pretrain-<config hash>-<timestamp>, so a new run never resumes an old one."""
-    mlflow_tracking_uri: str | None = None
-    """Default: MLFLOW_TRACKING_URI, else sqlite:///<storage_path>/mlflow.db."""
     mlflow_experiment: str = "beit3-pretrain"
-    fault_injection: dict = field(default_factory=dict)
-    """Tests only: {"kill_rank": r, "at_step": s, "marker": path} SIGKILLs that worker once."""
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if self.strategy not in STRATEGIES:
+            raise ValueError(f"run.strategy must be one of {STRATEGIES}, got {self.strategy!r}")
+        if self.steps < 1 or self.checkpoint_every < 1:
+            raise ValueError(
+                f"run: need steps >= 1 and checkpoint_every >= 1, got {self.steps}, {self.checkpoint_every}"
+            )
+        if self.data_ranks < 0 or (self.data_ranks and self.data_ranks % self.num_workers):
+            raise ValueError(
+                f"run.data_ranks={self.data_ranks} must be 0 or a multiple of run.num_workers={self.num_workers}"
+            )
 
 
 @dataclass
@@ -114,33 +145,18 @@ class PretrainConfig:
     run: RunSection = field(default_factory=RunSection)
 
     def to_dict(self) -> dict:
-        return dataclasses.asdict(self)
+        return to_plain(self)
 
     def flat(self) -> dict[str, str]:
         """`section.field` -> value, for MLflow params."""
-        return {
-            f"{s}.{k}": json.dumps(v) if isinstance(v, dict | list | tuple) else str(v)
-            for s, section in self.to_dict().items()
-            for k, v in section.items()
-        }
+        return flat_params(self.to_dict())
 
     def fingerprint(self) -> str:
         """Hash of everything that shapes the training result (not where it is stored or logged)."""
         d = self.to_dict()
         # The data ranks shape the result, the number of workers running them does not.
         d["run"]["data_ranks"] = self.run.data_ranks or self.run.num_workers
-        for volatile in (
-            "num_workers",
-            "name",
-            "storage_path",
-            "mlflow_tracking_uri",
-            "mlflow_experiment",
-            "ray_address",
-            "fault_injection",
-            "max_failures",
-        ):
-            d["run"].pop(volatile)
-        return hashlib.sha256(json.dumps(d, sort_keys=True).encode()).hexdigest()[:12]
+        return fingerprint(d, {"run": (*RunSection.VOLATILE, "num_workers")})
 
 
 RECIPES: dict[str, dict] = {
@@ -244,47 +260,19 @@ RECIPES: dict[str, dict] = {
 
 
 def build_config(recipe: str = "tiny_cpu", overrides: dict | None = None) -> PretrainConfig:
-    """A recipe with nested `overrides` applied; unknown sections or fields are errors."""
+    """A recipe with nested `overrides` applied; unknown sections or fields and bad values are errors."""
     if recipe not in RECIPES:
         raise KeyError(f"unknown pretraining recipe {recipe!r}; known: {', '.join(RECIPES)}")
-    merged = _merge(RECIPES[recipe], overrides or {})
-    sections = {f.name: f.type for f in dataclasses.fields(PretrainConfig)}
-    unknown = set(merged) - set(sections)
-    if unknown:
-        raise ValueError(f"unknown config sections {sorted(unknown)}; known: {sorted(sections)}")
-    built = {}
-    for name, section_cls in ((f.name, f.default_factory) for f in dataclasses.fields(PretrainConfig)):
-        values = merged.get(name, {})
-        known = {f.name for f in dataclasses.fields(section_cls)}
-        bad = set(values) - known
-        if bad:
-            raise ValueError(f"unknown fields in section {name!r}: {sorted(bad)}; known: {sorted(known)}")
-        if "betas" in values:
-            values = values | {"betas": tuple(values["betas"])}
-        built[name] = section_cls(**values)
-    config = PretrainConfig(**built)
-    if config.model.objective not in OBJECTIVES:
-        raise ValueError(f"model.objective must be one of {OBJECTIVES}, got {config.model.objective!r}")
-    return config
+    return build_tree(PretrainConfig, merge(RECIPES[recipe], overrides or {}))
 
 
 def load_config(path: str | Path, overrides: dict | None = None) -> PretrainConfig:
-    """Read a YAML file (`recipe:` plus section overrides); relative paths stay relative to the working directory."""
-    path = Path(path)
-    raw = yaml.safe_load(path.read_text()) or {}
-    if not isinstance(raw, dict):
-        raise ValueError(f"{path}: expected a mapping at the top level")
+    """Read a YAML file (`recipe:` plus section overrides); local paths are made absolute (Ray workers have
+    another working directory)."""
+    raw = read_yaml(path)
     recipe = raw.pop("recipe", "tiny_cpu")
-    config = build_config(recipe, _merge(raw, overrides or {}))
-    if config.data.shards not in ("", "synthetic"):
-        config.data.shards = str(Path(config.data.shards).resolve())  # Ray workers have another cwd
-    if config.model.init_checkpoint:
-        config.model.init_checkpoint = str(Path(config.model.init_checkpoint).resolve())
+    config = build_config(recipe, merge(raw, overrides or {}))
+    if config.data.shards != SYNTHETIC_SHARDS:
+        config.data.shards = absolute(config.data.shards) or ""
+    config.model.init_checkpoint = absolute(config.model.init_checkpoint)
     return config
-
-
-def _merge(base: dict, update: dict) -> dict:
-    out = dict(base)
-    for key, value in update.items():
-        out[key] = _merge(out[key], value) if isinstance(value, dict) and isinstance(out.get(key), dict) else value
-    return out

@@ -17,13 +17,20 @@ YAML file the rest of the dict overrides.
 from __future__ import annotations
 
 import dataclasses
-import hashlib
-import json
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import yaml
+from beit3_core.runtime.config import (
+    RunSettings,
+    absolute,
+    build_tree,
+    fingerprint,
+    flat_params,
+    merge,
+    read_yaml,
+    to_plain,
+)
 
 # Recipe key -> (section, field).
 RECIPE_FIELDS = {
@@ -43,9 +50,6 @@ RECIPE_FIELDS = {
     "mixup": ("augment", "mixup"),
     "cutmix": ("augment", "cutmix"),
 }
-# Run fields that do not change the trained model (left out of the fingerprint).
-VOLATILE_RUN_FIELDS = ("name", "storage_path", "output_dir", "mlflow_tracking_uri", "mlflow_experiment")
-VOLATILE_RUN_FIELDS += ("ray_address", "max_failures", "fault_injection")
 
 
 @dataclass(kw_only=True)
@@ -125,30 +129,14 @@ class AugmentSection:
 
 
 @dataclass(kw_only=True)
-class RunSection:
+class RunSection(RunSettings):
     epochs: int = 10
-    seed: int = 0
-    log_every: int = 10
-    """Optimizer steps between MLflow metric logs (the only host syncs of the loop)."""
-    num_workers: int = 2
-    """Ray Train workers (ranks)."""
-    cpus_per_worker: float = 1.0
-    use_gpu: bool = False
-    max_failures: int = 2
-    keep_checkpoints: int = 2
-    ray_address: str | None = None
-    """None = reuse an initialised Ray, else RAY_ADDRESS, else a local Ray started for the run."""
     storage_path: str = "runs/finetune"
-    """Ray Train storage: a local folder or a pyarrow URI (s3://, gs://, ...)."""
-    name: str | None = None
-    """Ray run name; default `finetune-<task>-<config hash>-<timestamp>`. An existing name is an error."""
     output_dir: str | None = None
     """Where the fine-tuned model and the submission go; default `<storage_path>/<run name>/final`."""
-    mlflow_tracking_uri: str | None = None
-    """Default: MLFLOW_TRACKING_URI, else sqlite:///<storage_path>/mlflow.db."""
     mlflow_experiment: str = "beit3-finetune"
-    fault_injection: dict = field(default_factory=dict)
-    """Tests only: {"kill_rank": r, "at_step": s, "marker": path} SIGKILLs that worker once."""
+
+    VOLATILE = (*RunSettings.VOLATILE, "output_dir")
 
 
 SECTIONS = {
@@ -205,35 +193,21 @@ class FinetuneConfig:
         return self.data.eval_batch_size or max(1, int(1.5 * self.data.batch_size // self.run.num_workers))
 
     def to_dict(self) -> dict:
-        return dataclasses.asdict(self)
+        return to_plain(self)
 
     def flat(self) -> dict[str, str]:
         """`section.field` -> value, for MLflow params."""
-        out = {"task": self.task}
-        for name, section in self.to_dict().items():
-            if isinstance(section, dict):
-                out |= {
-                    f"{name}.{k}": json.dumps(v) if isinstance(v, dict | list | tuple) else str(v)
-                    for k, v in section.items()
-                }
-        return out
+        return flat_params(self.to_dict())
 
     def fingerprint(self) -> str:
         """Hash of everything that shapes the fine-tuned model (not where it is stored or logged)."""
-        d = self.to_dict()
-        for volatile in VOLATILE_RUN_FIELDS:
-            d["run"].pop(volatile)
-        return hashlib.sha256(json.dumps(d, sort_keys=True).encode()).hexdigest()[:12]
+        return fingerprint(self.to_dict(), {"run": RunSection.VOLATILE})
 
 
 def _task(name: str):
     from evaluation.tasks import get_task  # the tasks import this module's sections: resolve at call time
 
     return get_task(name)
-
-
-def _param_text(value: Any) -> str:
-    return json.dumps(value) if isinstance(value, dict | list | tuple) else str(value)
 
 
 def recipe_overrides(task_name: str, model_name: str) -> dict[str, dict[str, Any]]:
@@ -257,11 +231,11 @@ def nest(raw: dict[str, Any]) -> dict[str, Any]:
         if key in SECTIONS:
             if not isinstance(value, dict):
                 raise ValueError(f"config section {key!r} must be a mapping, got {value!r}")
-            out[key] = _merge(out.get(key, {}), value)
+            out[key] = merge(out.get(key, {}), value)
         elif key in ("task", "config"):
             out[key] = value
         elif len(owners.get(key, [])) == 1:
-            out = _merge(out, {owners[key][0]: {key: value}})
+            out = merge(out, {owners[key][0]: {key: value}})
         else:
             where = f"one of the sections {owners[key]}" if key in owners else f"no section of {sorted(SECTIONS)}"
             raise ValueError(f"unknown or ambiguous config key {key!r} (found in {where}); use section.field")
@@ -272,23 +246,12 @@ def build_finetune_config(task: str, overrides: dict[str, Any] | None = None) ->
     """Defaults < the task recipe < `overrides` (nested or flat, optionally with `config: file.yaml`)."""
     overrides = nest(dict(overrides or {}))
     if "config" in overrides:
-        overrides = _merge(_read_yaml(overrides.pop("config")), overrides)
+        overrides = merge(_read_yaml(overrides.pop("config")), overrides)
     named = overrides.pop("task", task)
     if named != task:
         raise ValueError(f"config is for task {named!r}, not {task!r}")
     model_name = overrides.get("model", {}).get("name", ModelSection().name)
-    merged = _merge(recipe_overrides(task, model_name), overrides)
-    sections = {}
-    for name, cls in SECTIONS.items():
-        values = dict(merged.get(name, {}))
-        known = {f.name for f in dataclasses.fields(cls)}
-        unknown = set(values) - known
-        if unknown:
-            raise ValueError(f"unknown fields in section {name!r}: {sorted(unknown)}; known: {sorted(known)}")
-        if "betas" in values:
-            values["betas"] = tuple(values["betas"])
-        sections[name] = cls(**values)
-    return FinetuneConfig(task=task, **sections)
+    return build_tree(FinetuneConfig, merge(recipe_overrides(task, model_name), overrides), task=task)
 
 
 def load_finetune_config(path: str | Path, task: str | None = None, overrides: dict | None = None) -> FinetuneConfig:
@@ -297,7 +260,7 @@ def load_finetune_config(path: str | Path, task: str | None = None, overrides: d
     name = task or raw.get("task")
     if not name:
         raise ValueError(f"{path}: no task given and no `task:` in the file")
-    return build_finetune_config(name, _merge(raw, nest(overrides or {})))
+    return build_finetune_config(name, merge(raw, nest(overrides or {})))
 
 
 def to_finetune_config(task: str, config: FinetuneConfig | dict | str | Path) -> FinetuneConfig:
@@ -312,10 +275,6 @@ def to_finetune_config(task: str, config: FinetuneConfig | dict | str | Path) ->
 
 def resolve_paths(cfg: FinetuneConfig) -> FinetuneConfig:
     """A copy with local paths absolute (Ray workers run in another directory)."""
-
-    def absolute(value: str | None) -> str | None:
-        return value if not value or "://" in value else str(Path(value).resolve())
-
     data = dataclasses.replace(cfg.data, root=absolute(cfg.data.root), tokenizer=absolute(cfg.data.tokenizer))
     model = dataclasses.replace(cfg.model, init_checkpoint=absolute(cfg.model.init_checkpoint))
     run = dataclasses.replace(
@@ -325,14 +284,4 @@ def resolve_paths(cfg: FinetuneConfig) -> FinetuneConfig:
 
 
 def _read_yaml(path: str | Path) -> dict[str, Any]:
-    raw = yaml.safe_load(Path(path).read_text()) or {}
-    if not isinstance(raw, dict):
-        raise ValueError(f"{path}: expected a mapping at the top level")
-    return nest(raw)
-
-
-def _merge(base: dict, update: dict) -> dict:
-    out = dict(base)
-    for key, value in update.items():
-        out[key] = _merge(out[key], value) if isinstance(value, dict) and isinstance(out.get(key), dict) else value
-    return out
+    return nest(read_yaml(path))

@@ -16,19 +16,15 @@ from __future__ import annotations
 import dataclasses
 import json
 import logging
-import shutil
-import tempfile
-import time
 from pathlib import Path
 from typing import Any
 
 import torch
 
 from beit3_core.config import get_config
-from beit3_core.train.experiments import experiment_id, log_params
-from beit3_core.train.launcher import default_tracking_uri as tracking_uri_for
-from beit3_core.train.launcher import fit_trainer, start_ray
-from beit3_core.train.storage import RunStorage
+from beit3_core.runtime.checkpoint import MODEL_FILE
+from beit3_core.runtime.driver import DriverRun
+from beit3_core.runtime.tracking import TrackedRun, param_text
 from evaluation.finetune.config import FinetuneConfig, resolve_paths, to_finetune_config
 from evaluation.finetune.loop import load_tokenizer, train_dataset
 from evaluation.finetune.predict import evaluate_split, numeric_metrics
@@ -43,11 +39,6 @@ from evaluation.finetune.weights import (
 from evaluation.tasks import get_task
 
 logger = logging.getLogger(__name__)
-
-RUN_INFO = "run_info.json"
-LOCAL_CACHE = "runs/finetune-local"
-"""Local copies of the final files when the run storage is remote."""
-CHECKPOINT_NAME = "model.safetensors"
 
 
 def run_finetune(task: str, config: FinetuneConfig | dict, init_checkpoint: str | None = None) -> dict[str, Any]:
@@ -77,44 +68,19 @@ def run_finetune(task: str, config: FinetuneConfig | dict, init_checkpoint: str 
     head_options = head_options_of(train_set) | cfg.model.head_options
     backbone = _backbone(cfg, cfg.model.init_checkpoint, tokenizer)
 
-    storage = RunStorage(cfg.run.storage_path)
-    run_name = cfg.run.name or f"finetune-{task}-{cfg.fingerprint()}-{time.strftime('%Y%m%d-%H%M%S')}"
-    if storage.exists(run_name):
-        raise FileExistsError(f"run {run_name!r} already exists in {storage.uri}; choose another run.name")
-    run_dir = storage.local_root / run_name if storage.local_root else Path(LOCAL_CACHE).resolve() / run_name
-    out_dir = Path(cfg.run.output_dir) if cfg.run.output_dir else run_dir / "final"
-    tracking_uri = tracking_uri_for(cfg, storage, run_dir)
+    run = DriverRun(f"finetune-{task}", cfg.run, cfg.fingerprint())
+    run.ensure_new()
+    out_dir = Path(cfg.run.output_dir) if cfg.run.output_dir else run.run_dir / "final"
     params = {"num_train_examples": len(train_set), "backbone": backbone, "head_options": head_options}
-    client, run_id = _open_mlflow_run(cfg, tracking_uri, run_dir.parent, run_name, "finetune", params)
-    info = {"config_hash": cfg.fingerprint(), "config": cfg.to_dict(), "mlflow_run_id": run_id}
-    storage.write_text(json.dumps(info | {"tracking_uri": tracking_uri}, indent=2), run_name, RUN_INFO)
-
-    start_ray(cfg)
-    loop_config = {
-        "config": cfg.to_dict(),
-        "backbone": backbone,
-        "head_options": head_options,
-        "mlflow_run_id": run_id,
-        "tracking_uri": tracking_uri,
-    }
-    try:
-        result = fit_trainer(train_loop_per_worker, loop_config, cfg.run, run_name, storage, f"finetune {task}")
-        checkpoint = out_dir / CHECKPOINT_NAME
-        out_dir.mkdir(parents=True, exist_ok=True)
-        with result.checkpoint.as_directory() as folder:
-            tmp = checkpoint.with_name(f".{CHECKPOINT_NAME}.tmp")
-            shutil.copy2(Path(folder) / CHECKPOINT_NAME, tmp)
-            tmp.replace(checkpoint)
+    with _open_tracking(run, cfg, "finetune", params) as tracked:
+        loop_config = {"config": cfg.to_dict(), "backbone": backbone, "head_options": head_options}
+        result = run.fit(train_loop_per_worker, loop_config, f"finetune {task}")
+        checkpoint = run.export(result, out_dir)[MODEL_FILE]
         model, _ = load_task_checkpoint(checkpoint)
         metrics, submission = _evaluate(cfg, model, tokenizer, out_dir)
-        for path in (checkpoint, submission):
-            storage.upload_file(path, run_name, "final", path.name)
-        _log_results(client, run_id, cfg, metrics, submission)
-        client.set_terminated(run_id, "FINISHED")
-    except BaseException:
-        client.set_terminated(run_id, "FAILED")
-        raise
-    return _result(cfg, metrics, run_id, tracking_uri, checkpoint, submission) | {"run_name": run_name}
+        run.upload(checkpoint, submission)
+        _log_results(tracked, cfg, metrics, submission)
+    return _result(cfg, metrics, tracked.run_id, run.tracking_uri, checkpoint, submission) | {"run_name": run.name}
 
 
 def evaluate_checkpoint(
@@ -146,22 +112,12 @@ def evaluate_checkpoint(
         model = build_task_model(task_obj, cfg.model.name, backbone, head_options)
         initialise(model, checkpoint, copy_heads=None)
         params = {"backbone": backbone, "head_options": head_options}
-    storage = RunStorage(cfg.run.storage_path)
-    run_name = cfg.run.name or f"evaluate-{task}-{cfg.fingerprint()}-{time.strftime('%Y%m%d-%H%M%S')}"
-    run_dir = storage.local_root / run_name if storage.local_root else Path(LOCAL_CACHE).resolve() / run_name
-    out_dir = Path(cfg.run.output_dir) if cfg.run.output_dir else run_dir
-    tracking_uri = tracking_uri_for(cfg, storage, run_dir)
-    client, run_id = _open_mlflow_run(
-        cfg, tracking_uri, run_dir.parent, run_name, "evaluate", params | {"checkpoint": str(checkpoint)}
-    )
-    try:
+    run = DriverRun(f"evaluate-{task}", cfg.run, cfg.fingerprint())
+    out_dir = Path(cfg.run.output_dir) if cfg.run.output_dir else run.run_dir
+    with _open_tracking(run, cfg, "evaluate", params | {"checkpoint": str(checkpoint)}) as tracked:
         metrics, submission = _evaluate(cfg, model, tokenizer, out_dir)
-        _log_results(client, run_id, cfg, metrics, submission)
-        client.set_terminated(run_id, "FINISHED")
-    except BaseException:
-        client.set_terminated(run_id, "FAILED")
-        raise
-    return _result(cfg, metrics, run_id, tracking_uri, checkpoint, submission)
+        _log_results(tracked, cfg, metrics, submission)
+    return _result(cfg, metrics, tracked.run_id, run.tracking_uri, checkpoint, submission)
 
 
 def _backbone(cfg: FinetuneConfig, init_checkpoint: str | None, tokenizer) -> dict[str, Any]:
@@ -202,36 +158,14 @@ def _result(cfg, metrics: dict, run_id: str, tracking_uri: str, checkpoint: Path
     }
 
 
-def _open_mlflow_run(
-    cfg: FinetuneConfig, tracking_uri: str, storage: Path, run_name: str, step: str, extra_params: dict
-) -> tuple[Any, str]:
-    import mlflow
-
-    client = mlflow.MlflowClient(tracking_uri=tracking_uri)
-    experiment = experiment_id(client, cfg.run.mlflow_experiment, tracking_uri, storage)
-    tags = {"beit3.step": step, "beit3.task": cfg.task, "beit3.config_hash": cfg.fingerprint()}
-    run = client.create_run(experiment, run_name=run_name, tags=tags)
-    params = cfg.flat() | {"eval_split": cfg.eval_split} | {k: _param(v) for k, v in extra_params.items()}
-    log_params(client, run.info.run_id, params)
-    return client, run.info.run_id
+def _open_tracking(run: DriverRun, cfg: FinetuneConfig, step: str, extra_params: dict) -> TrackedRun:
+    tags = {"beit3.step": step, "beit3.task": cfg.task}
+    params = cfg.flat() | {"eval_split": cfg.eval_split} | {k: param_text(v) for k, v in extra_params.items()}
+    return run.open_tracking(tags, params, {"config": cfg.to_dict()})
 
 
-def _param(value: Any) -> str:
-    return json.dumps(value, sort_keys=True) if isinstance(value, dict | list) else str(value)
-
-
-def _log_results(client, run_id: str, cfg: FinetuneConfig, metrics: dict, submission: Path) -> None:
-    import yaml
-    from mlflow.entities import Metric
-
-    now = int(time.time() * 1000)
-    numbers = numeric_metrics(metrics, prefix="eval_")
-    client.log_batch(run_id, metrics=[Metric(k, v, now, 0) for k, v in numbers.items()])
-    with tempfile.TemporaryDirectory() as tmp:
-        config_path = Path(tmp) / "finetune_config.yaml"
-        config_path.write_text(yaml.safe_dump(json.loads(json.dumps(cfg.to_dict())), sort_keys=False))
-        client.log_artifact(run_id, str(config_path))
-        metrics_path = Path(tmp) / f"{cfg.task}_{cfg.eval_split}_metrics.json"
-        metrics_path.write_text(json.dumps(metrics, indent=2, default=str))
-        client.log_artifact(run_id, str(metrics_path))
-    client.log_artifact(run_id, str(submission), artifact_path="submission")
+def _log_results(tracked: TrackedRun, cfg: FinetuneConfig, metrics: dict, submission: Path) -> None:
+    tracked.log_metrics(numeric_metrics(metrics, prefix="eval_"))
+    tracked.log_config("finetune_config.yaml", cfg.to_dict())
+    tracked.log_text(f"{cfg.task}_{cfg.eval_split}_metrics.json", json.dumps(metrics, indent=2, default=str))
+    tracked.log_file(submission, "submission")

@@ -17,7 +17,7 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader
 
-from beit3_core.train.progress import ProgressDisplay
+from beit3_core.runtime.progress import ProgressDisplay
 from evaluation.tasks import Task
 
 _METRIC_NAME = re.compile(r"[^\w.\- /]")

@@ -16,8 +16,6 @@ from __future__ import annotations
 
 import json
 import logging
-import os
-import tempfile
 from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
@@ -33,6 +31,7 @@ from beit3_core.checkpoint import (
     read_checkpoint_metadata,
     read_state_dict,
 )
+from beit3_core.runtime.atomic import atomic_path
 from evaluation.tasks import Task, get_task
 
 logger = logging.getLogger(__name__)
@@ -122,14 +121,8 @@ def save_task_checkpoint(model: nn.Module, path: str | Path, task: str, backbone
     }
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    try:
-        save_file(state, tmp, metadata=metadata)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    with atomic_path(path) as tmp:
+        save_file(state, str(tmp), metadata=metadata)
     return path
 
 

@@ -24,7 +24,6 @@ and defaults to the run directory. An explicit `run.storage_path` in a training 
 benchmark's `storage_path` override wins.
 """
 
-import hashlib
 import json
 import os
 from pathlib import Path
@@ -33,6 +32,7 @@ from typing import Any
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
+from beit3_core.runtime.config import fingerprint, merge, read_yaml
 from beit3_core.train.config import PretrainConfig, build_config, load_config
 from preprocessing.config import PreprocessConfig, load_preprocess_config
 
@@ -132,14 +132,11 @@ class PipelineConfig(_Strict):
 
     def fingerprint(self) -> str:
         """Hash of the whole config file as validated (the MLflow `beit3.config_hash` tag)."""
-        return hashlib.sha256(self.model_dump_json().encode()).hexdigest()[:12]
+        return fingerprint(self.model_dump(mode="json"))
 
 
 def load_pipeline_config(path: str | os.PathLike) -> PipelineConfig:
-    raw = yaml.safe_load(Path(path).read_text()) or {}
-    if not isinstance(raw, dict):
-        raise ValueError(f"{path}: expected a mapping at the top level")
-    return PipelineConfig.model_validate(raw)
+    return PipelineConfig.model_validate(read_yaml(path))
 
 
 def resolve_preprocess(cfg: PipelineConfig) -> PreprocessConfig:
@@ -169,7 +166,7 @@ def resolve_pretrain(
             "ray_address": ray_address,
         },
     }
-    overrides = _merge(section.overrides, forced)
+    overrides = merge(section.overrides, forced)
     if section.config:
         return load_config(section.config, overrides)
     return build_config(section.recipe, overrides)
@@ -200,10 +197,3 @@ def benchmark_config(benchmark: Benchmark, cfg: PipelineConfig, pre_cfg: Preproc
         "storage_path": cfg.storage_location("finetune", "runs"),
     }
     return json.loads(json.dumps(defaults | benchmark.overrides, sort_keys=True, default=str))
-
-
-def _merge(base: dict, update: dict) -> dict:
-    out = dict(base)
-    for key, value in update.items():
-        out[key] = _merge(out[key], value) if isinstance(value, dict) and isinstance(out.get(key), dict) else value
-    return out

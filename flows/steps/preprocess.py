@@ -8,7 +8,7 @@ from pathlib import Path
 
 from prefect import task
 
-from beit3_core.train.progress import StageProgress
+from beit3_core.runtime.progress import StageProgress
 from flows.settings import Settings, ensure_ray
 from flows.steps.config import preprocess_config_hash
 from flows.steps.keys import code_hash, step_key

@@ -14,9 +14,10 @@ from pathlib import Path
 
 from prefect import task
 
+from beit3_core.runtime.driver import RUN_INFO
+from beit3_core.runtime.storage import RunStorage
 from beit3_core.train.config import PretrainConfig
-from beit3_core.train.launcher import RUN_INFO, run_pretraining
-from beit3_core.train.storage import RunStorage
+from beit3_core.train.launcher import run_pretraining
 from flows.settings import Settings, ensure_ray, state_dir
 from flows.steps.keys import code_hash, file_sha256, step_key
 from flows.steps.tracking import Tracking

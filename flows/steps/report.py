@@ -1,12 +1,12 @@
 """Report step: the results table (benchmark -> metrics) written to `<run_dir>/results.json`."""
 
 import json
-import os
 from pathlib import Path
 
 from prefect import task
 from prefect.artifacts import create_table_artifact
 
+from beit3_core.runtime.atomic import write_text_atomic
 from flows.steps.keys import code_hash, step_key
 
 RESULTS_FILE = "results.json"
@@ -25,9 +25,7 @@ def report_key(_ctx, params: dict) -> str:
 def report(run_dir: str, dataset: dict, pretrained: dict, benchmarks: list[dict]) -> dict:
     results = {"dataset_version": dataset["dataset_version"], **_table(pretrained, benchmarks)}
     path = Path(run_dir) / RESULTS_FILE
-    tmp = path.with_name(f"_tmp.{RESULTS_FILE}.{os.getpid()}")
-    tmp.write_text(json.dumps(results, indent=2, sort_keys=True))
-    os.replace(tmp, path)
+    write_text_atomic(path, json.dumps(results, indent=2, sort_keys=True))
     rows = [{"benchmark": t, "status": b["status"], **b.get("metrics", {})} for t, b in results["benchmarks"].items()]
     if rows:
         create_table_artifact(key="beit3-results", table=rows, description=f"Benchmark results in {path}")

@@ -13,7 +13,6 @@ never from the ledger, which goes with the run directory.
 
 import json
 import logging
-import os
 import time
 from collections import defaultdict, deque
 from dataclasses import dataclass, field
@@ -22,6 +21,7 @@ from typing import Any
 
 from prefect import Task
 
+from beit3_core.runtime.atomic import write_text_atomic
 from flows.settings import state_dir
 from flows.steps.cache import checked_key, missing_files
 from flows.steps.config import Execution
@@ -106,9 +106,7 @@ class Ledger:
         steps = self.read()
         steps[label] = (steps.get(label, {}) if entry["state"] == "Failed" else {}) | entry
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = self.path.with_name(f"_tmp.{LEDGER_FILE}.{os.getpid()}")
-        tmp.write_text(json.dumps({"steps": steps}, indent=2, sort_keys=True, default=str))
-        os.replace(tmp, self.path)
+        write_text_atomic(self.path, json.dumps({"steps": steps}, indent=2, sort_keys=True, default=str))
 
 
 class StepLogs(logging.Handler):

@@ -7,11 +7,11 @@ metrics go to a nested MLflow run and `<run_dir>/zeroshot/<unit>_metrics.json`.
 """
 
 import json
-import os
 from pathlib import Path
 
 from prefect import task
 
+from beit3_core.runtime.atomic import write_text_atomic
 from evaluation.leakage import check_zeroshot_split
 from evaluation.zeroshot import evaluate_zeroshot, read_zeroshot_split
 from flows.steps.keys import code_hash, step_key
@@ -47,9 +47,7 @@ def zeroshot(unit: str, config: dict, itc_out: dict, dataset: dict, run_dir: str
     )
     path = Path(run_dir) / "zeroshot" / f"{unit}_metrics.json"
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f"_tmp.{path.name}.{os.getpid()}")
-    tmp.write_text(json.dumps(metrics | checked, indent=2))
-    os.replace(tmp, path)
+    write_text_atomic(path, json.dumps(metrics | checked, indent=2))
     params = dict(config) | {"checkpoint": itc_out["checkpoint"]}
     run_id = tracking.nested_run(f"zeroshot[{unit}]", params, metrics | checked, {"beit3.itc_run": itc_out["run_name"]})
     return {

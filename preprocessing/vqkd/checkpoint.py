@@ -12,16 +12,15 @@ d5036aa7.pth`) are `{"model": state_dict, ...}`; upstream `beit2/modeling_vqkd.p
 import argparse
 import hashlib
 import json
-import os
 import pickle
 import re
-import tempfile
 from pathlib import Path
 
 import torch
 from safetensors import safe_open
 from safetensors.torch import save_file
 
+from beit3_core.runtime.atomic import atomic_path
 from preprocessing.vqkd.model import VQKD, VQKDConfig
 
 __all__ = [
@@ -58,14 +57,8 @@ def save_vqkd(tokenizer: VQKD, path: str | Path) -> str:
         "config": json.dumps(tokenizer.config.to_dict(), sort_keys=True),
         "tokenizer_id": ident,
     }
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(fd)
-    try:
-        save_file(tensors, tmp, metadata=metadata)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    with atomic_path(path) as tmp:
+        save_file(tensors, str(tmp), metadata=metadata)
     return ident
 
 

@@ -36,8 +36,8 @@ from support.learnable import (
 )
 from torch.utils.data import DataLoader, DistributedSampler
 
+from beit3_core.runtime.schedule import cosine_with_warmup
 from beit3_core.text_tokenizer import XLMRTokenizer, train_sentencepiece
-from beit3_core.train.schedule import cosine_with_warmup
 from evaluation.finetune import build_finetune_config
 from evaluation.finetune.config import FinetuneConfig
 from evaluation.finetune.loop import TaskLoss, epoch_seed, train_dataset

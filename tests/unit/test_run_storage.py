@@ -1,6 +1,6 @@
 import pytest
 
-from beit3_core.train.storage import RunStorage
+from beit3_core.runtime.storage import RunStorage
 
 
 def test_local_path_and_file_uri_give_the_same_files(tmp_path):

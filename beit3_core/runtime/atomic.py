@@ -4,9 +4,10 @@
 `_tmp.` prefix keeps half-written files out of `pyarrow.dataset` listings (spec orchestration.md, section 4).
 """
 
+import contextlib
 import os
 import secrets
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -31,6 +32,21 @@ def fsync_dir(directory: Path) -> None:
         os.close(fd)
 
 
+@contextlib.contextmanager
+def atomic_path(final: Path) -> Iterator[Path]:
+    """A temporary path next to `final` for writers that take a path (Parquet, safetensors, `torch.save`); on a
+    clean exit the file written there is fsynced and replaces `final`, on an error it is removed."""
+    final = Path(final)
+    temp = temp_path(final)
+    try:
+        yield temp
+        with open(temp, "rb+") as f:
+            os.fsync(f.fileno())
+        os.replace(temp, final)
+    finally:
+        temp.unlink(missing_ok=True)
+
+
 def write_atomic(final: Path, write: Callable[[Any], None]) -> None:
     """Call `write(fileobj)` on a `_tmp.` file next to `final`, fsync it and move it to `final`."""
     temp = temp_path(final)
@@ -42,3 +58,19 @@ def write_atomic(final: Path, write: Callable[[Any], None]) -> None:
         os.replace(temp, final)
     finally:
         temp.unlink(missing_ok=True)
+
+
+def write_bytes_atomic(final: Path, data: bytes) -> None:
+    write_atomic(Path(final), lambda f: f.write(data))
+
+
+def write_text_atomic(final: Path, text: str) -> None:
+    write_atomic(Path(final), lambda f: f.write(text.encode()))
+
+
+def copy_atomic(source: Path, final: Path) -> None:
+    """Copy `source` to `final` so that readers of `final` see the old file or the whole copy."""
+    import shutil
+
+    with open(source, "rb") as src:
+        write_atomic(Path(final), lambda f: shutil.copyfileobj(src, f, 1 << 20))
