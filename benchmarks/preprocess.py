@@ -38,6 +38,7 @@ from torch.utils.flop_counter import FlopCounterMode
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from beit3_core.runtime.cluster import start_ray  # noqa: E402
 from beit3_core.text_tokenizer import train_sentencepiece  # noqa: E402
 from preprocessing.clean import clean_shard  # noqa: E402
 from preprocessing.config import PreprocessConfig, ShardStage, TextStage, ViewStage, VisualStage  # noqa: E402
@@ -147,7 +148,8 @@ def local_ray_rate(folder, warmup, tmp, tokenizers, views, args) -> tuple[float,
     import ray
 
     cores = os.cpu_count()
-    ray.init(address="local", num_cpus=cores, include_dashboard=False, log_to_driver=False, object_store_memory=1 << 30)
+    os.environ["BEIT3_RAY_NUM_CPUS"] = str(cores)  # the ceiling is the cores themselves, no spare CPU
+    start_ray()
     try:
         return timed_pipeline(folder, warmup, tmp / "local", tokenizers, views, args), cores
     finally:
@@ -164,7 +166,7 @@ def cluster_rate(nodes: int, folder, warmup, tmp, tokenizers, views, args) -> fl
         for _ in range(nodes - 1):
             cluster.add_node(**node_args)
         cluster.wait_for_nodes()
-        ray.init(address=cluster.address, log_to_driver=False)
+        start_ray(cluster.address)
         try:
             return timed_pipeline(folder, warmup, tmp / f"nodes{nodes}", tokenizers, views, args)
         finally:

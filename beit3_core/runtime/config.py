@@ -124,6 +124,21 @@ def absolute(value: str | None) -> str | None:
     return value if not value or "://" in value else str(Path(value).resolve())
 
 
+class ConfigTree:
+    """Mixin of a config dataclass: plain dict, MLflow params, fingerprint without the run's volatile fields."""
+
+    def to_dict(self) -> dict:
+        return to_plain(self)
+
+    def flat(self) -> dict[str, str]:
+        """`section.field` -> value, for MLflow params."""
+        return flat_params(self.to_dict())
+
+    def fingerprint(self) -> str:
+        """Hash of everything that shapes the result (not where it is stored or logged)."""
+        return fingerprint(self.to_dict(), {"run": type(self.run).VOLATILE})
+
+
 @dataclass(kw_only=True)
 class RunSettings:
     """The `run` fields every training kind shares: scaling, failures, storage, tracking, naming."""

@@ -115,8 +115,9 @@ def run_worker(kind_cls: type[TrainingKind], loop_config: dict) -> None:
     train(kind, ctx, start_step)
 
 
-def train(kind: TrainingKind, ctx: WorkerContext, start_step: int, report=None) -> None:
-    """Steps start_step+1 .. total of `kind`; `report(metrics, folder or None)` defaults to Ray Train's."""
+def train(kind: TrainingKind, ctx: WorkerContext, start_step: int, report=None, on_log=None) -> None:
+    """Steps start_step+1 .. total of `kind`. `report(metrics, folder or None)` hands over checkpoints (default:
+    Ray Train's); `on_log(metrics)` sees every logged window (in-process runs read the loss history there)."""
     run, total = kind.run, kind.schedule.total_steps
     report = report or _ray_report
     rank0 = ctx.rank == 0 and ctx.loop_config.get("mlflow_run_id")
@@ -142,6 +143,8 @@ def train(kind: TrainingKind, ctx: WorkerContext, start_step: int, report=None) 
             if mlflow is not None:
                 mlflow.log(logged, step)
             progress.log(step, logged)
+            if on_log is not None:
+                on_log(logged)
         if step % kind.checkpoint_every == 0 or step == total:
             _checkpoint(kind, ctx, step, logged or {"step": step}, report)
 

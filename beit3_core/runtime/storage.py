@@ -4,12 +4,12 @@ Ray Train writes its checkpoints there itself; this class handles the few files 
 them (run info, final exports), each written atomically (temporary name, then move).
 """
 
-import os
-import shutil
 import uuid
 from pathlib import Path
 
 import pyarrow.fs as pafs
+
+from beit3_core.runtime.atomic import atomic_path, copy_atomic
 
 
 class RunStorage:
@@ -53,11 +53,10 @@ class RunStorage:
         if self.local_root is not None and Path(local).resolve() == Path(final).resolve():
             return final
         self.fs.create_dir(final.rsplit("/", 1)[0], recursive=True)
-        tmp = f"{final}.{uuid.uuid4().hex}.tmp"
         if self.local_root is not None:
-            shutil.copyfile(local, tmp)
-            os.replace(tmp, final)
+            copy_atomic(Path(local), Path(final))
         else:
+            tmp = f"{final}.{uuid.uuid4().hex}.tmp"
             pafs.copy_files(str(local), tmp, destination_filesystem=self.fs)
             self.fs.move(tmp, final)
         return final if self.local_root is not None else f"{self.uri}/{'/'.join(parts)}"
@@ -77,7 +76,6 @@ class RunStorage:
             return Path(self.path(*parts))
         if not local.is_file():
             local.parent.mkdir(parents=True, exist_ok=True)
-            tmp = local.with_name(f"{local.name}.{uuid.uuid4().hex}.tmp")
-            pafs.copy_files(self.path(*parts), str(tmp), source_filesystem=self.fs)
-            os.replace(tmp, local)
+            with atomic_path(local) as tmp:
+                pafs.copy_files(self.path(*parts), str(tmp), source_filesystem=self.fs)
         return local

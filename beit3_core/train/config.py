@@ -10,16 +10,7 @@ A YAML file names a recipe and overrides any field, e.g.
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from beit3_core.runtime.config import (
-    RunSettings,
-    absolute,
-    build_tree,
-    fingerprint,
-    flat_params,
-    merge,
-    read_yaml,
-    to_plain,
-)
+from beit3_core.runtime.config import ConfigTree, RunSettings, absolute, build_tree, fingerprint, merge, read_yaml
 
 OBJECTIVES = ("mdm", "itc")
 STRATEGIES = ("ddp", "fsdp")
@@ -138,18 +129,11 @@ class RunSection(RunSettings):
 
 
 @dataclass
-class PretrainConfig:
+class PretrainConfig(ConfigTree):
     model: ModelSection = field(default_factory=ModelSection)
     data: DataSection = field(default_factory=DataSection)
     optim: OptimSection = field(default_factory=OptimSection)
     run: RunSection = field(default_factory=RunSection)
-
-    def to_dict(self) -> dict:
-        return to_plain(self)
-
-    def flat(self) -> dict[str, str]:
-        """`section.field` -> value, for MLflow params."""
-        return flat_params(self.to_dict())
 
     def fingerprint(self) -> str:
         """Hash of everything that shapes the training result (not where it is stored or logged)."""

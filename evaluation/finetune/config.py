@@ -21,16 +21,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from beit3_core.runtime.config import (
-    RunSettings,
-    absolute,
-    build_tree,
-    fingerprint,
-    flat_params,
-    merge,
-    read_yaml,
-    to_plain,
-)
+from beit3_core.runtime.config import ConfigTree, RunSettings, absolute, build_tree, merge, read_yaml
 
 # Recipe key -> (section, field).
 RECIPE_FIELDS = {
@@ -149,7 +140,7 @@ SECTIONS = {
 
 
 @dataclass(kw_only=True)
-class FinetuneConfig:
+class FinetuneConfig(ConfigTree):
     task: str
     """An `evaluation.tasks` name."""
     data: DataSection = field(default_factory=DataSection)
@@ -191,17 +182,6 @@ class FinetuneConfig:
     @property
     def eval_batch_size(self) -> int:
         return self.data.eval_batch_size or max(1, int(1.5 * self.data.batch_size // self.run.num_workers))
-
-    def to_dict(self) -> dict:
-        return to_plain(self)
-
-    def flat(self) -> dict[str, str]:
-        """`section.field` -> value, for MLflow params."""
-        return flat_params(self.to_dict())
-
-    def fingerprint(self) -> str:
-        """Hash of everything that shapes the fine-tuned model (not where it is stored or logged)."""
-        return fingerprint(self.to_dict(), {"run": RunSection.VOLATILE})
 
 
 def _task(name: str):

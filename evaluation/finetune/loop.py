@@ -87,12 +87,12 @@ class FinetuneKind(TrainingKind):
         self.optimizer = torch.optim.AdamW(groups, lr=o.lr, betas=o.betas, eps=o.eps)
 
     def start(self, start_step: int) -> None:
-        import ray.train.torch
+        trained = TaskLoss(self.task, self.model, self.cfg.task_augmentations("loss")).to(self.ctx.device)
+        if self.ctx.world_size > 1:
+            import ray.train.torch
 
-        self.trained = ray.train.torch.prepare_model(
-            TaskLoss(self.task, self.model, self.cfg.task_augmentations("loss")),
-            parallel_strategy_kwargs={"find_unused_parameters": True},
-        )
+            trained = ray.train.torch.prepare_model(trained, parallel_strategy_kwargs={"find_unused_parameters": True})
+        self.trained = trained
         self.batches = self._batches(start_step // self.steps_per_epoch)
 
     def _batches(self, first_epoch: int):

@@ -3,13 +3,10 @@
 One test per family (classification, VQA, NLVR2, captioning, retrieval) on data written in that benchmark's
 official layout by `support.learnable` (two-band colour pictures; the class, answer, label or caption is a
 function of the colours). A micro BEiT-3 (64 wide, 2 layers, 32 px, random init, see `FROM_SCRATCH`) is
-trained IN PROCESS by `fit`, which makes the same calls as the Ray Train loop
-(`evaluation.finetune.loop.train_loop_per_worker`) for a single rank: the training split from `train_dataset`
-(the config's data options and the task's dataset augmentations) under the loop's seeded `DistributedSampler`
-and per-epoch reseeding, the task's `collate`, the model from `build_task_model` seeded with the run seed, AdamW over
-`layer_decay_groups`, the warmup + cosine schedule scaled per group, `TaskLoss` (= `task.loss` with the task's
-loss augmentations) and gradient clipping. Ray itself is left out (five Ray Train runs would cost minutes; the
-whole file is about 30 s of CPU time); the Ray path is covered by `test_finetune_ray.py`. Evaluation is the
+trained IN PROCESS by `fit`: the runtime's loop (`beit3_core.runtime.loop.train`) with the fine-tuning kind
+(`evaluation.finetune.loop.FinetuneKind`), exactly what one Ray Train rank runs, with the loss of every step
+logged (`run.log_every: 1`). Ray itself is left out (five Ray Train runs would cost minutes; the whole file is
+about 30 s of CPU time); the Ray path is covered by `test_finetune_ray.py`. Evaluation is the
 driver's: `evaluate_split` (`task.predict`, `task.evaluate` with the official metric, `task.write_submission`)
 on the held-out split.
 
@@ -34,16 +31,15 @@ from support.learnable import (
     write_nlvr2,
     write_vqav2,
 )
-from torch.utils.data import DataLoader, DistributedSampler
 
-from beit3_core.runtime.schedule import cosine_with_warmup
+from beit3_core.runtime.loop import WorkerContext, train
 from beit3_core.text_tokenizer import XLMRTokenizer, train_sentencepiece
 from evaluation.finetune import build_finetune_config
 from evaluation.finetune.config import FinetuneConfig
-from evaluation.finetune.loop import TaskLoss, epoch_seed, train_dataset
+from evaluation.finetune.loop import FinetuneKind, train_dataset
 from evaluation.finetune.predict import evaluate_split
-from evaluation.finetune.weights import build_task_model, head_options_of, resolve_backbone
-from evaluation.tasks import get_task, layer_decay_groups
+from evaluation.finetune.weights import head_options_of, resolve_backbone
+from evaluation.tasks import get_task
 
 pytestmark = pytest.mark.slow
 
@@ -68,7 +64,7 @@ def _config(task: str, root: Path, tokenizer: Path | None, **sections) -> Finetu
         "model": {"name": "beit3_tiny", "overrides": MICRO | FROM_SCRATCH, "img_size": 32, "drop_path_rate": 0.0},
         "optim": {"lr": 1e-3, "min_lr": 1e-5, "layer_decay": 1.0, "head_lr_scale": 1.0, "warmup_epochs": 1},
         "augment": NO_AUGMENT,
-        "run": {"epochs": 10, "num_workers": 1, "seed": 0},
+        "run": {"epochs": 10, "num_workers": 1, "seed": 0, "log_every": 1},
     }
     for name, values in sections.items():
         base[name] = base[name] | values
@@ -88,42 +84,23 @@ def worker_threads():
 
 
 def fit(cfg: FinetuneConfig) -> tuple[torch.nn.Module, list[float]]:
-    """Train as one Ray Train rank would (see the module docstring); returns the model and the loss per step."""
+    """Train with the runtime's loop and the fine-tuning kind as one Ray Train rank would, in this process;
+    returns the model and the loss of every step."""
     task = get_task(cfg.task)
     tokenizer = XLMRTokenizer(cfg.data.tokenizer) if cfg.data.tokenizer else None
-    train_set = train_dataset(cfg, task, tokenizer)
     vocab = tokenizer.vocab_size if tokenizer else None
     backbone = resolve_backbone(
         cfg.model.name, cfg.model.overrides, None, vocab, cfg.model.img_size, cfg.model.drop_path_rate
     )
-    torch.manual_seed(cfg.run.seed)
-    model = build_task_model(task, cfg.model.name, backbone, head_options_of(train_set) | cfg.model.head_options)
-    groups = layer_decay_groups(
-        model, cfg.optim.lr, cfg.optim.layer_decay, cfg.optim.weight_decay, cfg.optim.head_lr_scale
-    )
-    optimizer = torch.optim.AdamW(groups, lr=cfg.optim.lr, betas=cfg.optim.betas, eps=cfg.optim.eps)
-    sampler = DistributedSampler(train_set, 1, 0, shuffle=True, seed=cfg.run.seed, drop_last=True)
-    loader = DataLoader(train_set, cfg.data.batch_size, sampler=sampler, collate_fn=task.collate, drop_last=True)
-    total_steps = cfg.run.epochs * len(loader)
-    warmup_steps = int(cfg.optim.warmup_epochs * len(loader))
-    trained = TaskLoss(task, model, cfg.task_augmentations("loss"))
-    trained.train()
-    losses, step = [], 0
-    for epoch in range(cfg.run.epochs):
-        sampler.set_epoch(epoch)
-        torch.manual_seed(epoch_seed(cfg.run.seed, epoch, 0))
-        for batch in loader:
-            lr = cosine_with_warmup(step, total_steps, warmup_steps, cfg.optim.lr, cfg.optim.min_lr)
-            for group in optimizer.param_groups:
-                group["lr"] = lr * group["lr_scale"]
-            step += 1
-            loss, _ = trained(batch, step)
-            loss.backward()
-            torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.optim.grad_clip or math.inf)
-            optimizer.step()
-            optimizer.zero_grad(set_to_none=True)
-            losses.append(loss.item())
-    return model, losses
+    head_options = head_options_of(train_dataset(cfg, task, tokenizer)) | cfg.model.head_options
+    loop_config = {"config": cfg.to_dict(), "backbone": backbone, "head_options": head_options}
+    ctx = WorkerContext(rank=0, world_size=1, device=torch.device("cpu"), loop_config=loop_config)
+    kind = FinetuneKind(ctx)
+    kind.start(0)
+    losses: list[float] = []
+    train(kind, ctx, 0, report=lambda metrics, folder: None, on_log=lambda metrics: losses.append(metrics["loss"]))
+    assert len(losses) == kind.schedule.total_steps
+    return kind.model, losses
 
 
 def evaluate(cfg: FinetuneConfig, model: torch.nn.Module, out_dir: Path) -> tuple[dict, object]:
