@@ -16,6 +16,7 @@ checkpoint, defines no zero-shot retrieval: loading it is an error.
 from __future__ import annotations
 
 import json
+import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -26,6 +27,7 @@ import torch
 from beit3_core.checkpoint import load_released_state_dict, read_checkpoint_metadata, read_state_dict
 from beit3_core.config import BEiT3Config, get_config
 from beit3_core.itc import ITC_HEAD_KEYS, BEiT3ForITC
+from beit3_core.runtime.progress import ProgressDisplay
 from evaluation.metrics.retrieval import retrieval_recall_from_features
 from evaluation.tasks.data import text_segment, vl_image
 from evaluation.tasks.karpathy import KARPATHY_FILES, CaptionedImage, read_karpathy
@@ -108,14 +110,21 @@ def embed_split(
     """(image features [I, D], caption features [T, D]) on the CPU, each image and caption embedded once."""
     model.to(device).eval()
     img_size = model.config.img_size
-    images = []
-    for chunk in _batches(split.images, batch_size):
-        pixels = torch.stack([vl_image(split.root / image.image_path, img_size, train=False) for image in chunk])
-        images.append(model.encode_image(pixels.to(device)).float().cpu())
-    texts = []
-    for chunk in _batches(list(range(len(split.captions))), batch_size):
-        ids, padding = zip(*(_caption_segment(tokenizer, split, index, text_len) for index in chunk), strict=True)
-        texts.append(model.encode_text(torch.stack(ids).to(device), torch.stack(padding).to(device)).float().cpu())
+    images, texts = [], []
+    # Progress counts images and captions embedded (samples/s over both).
+    total = len(split.images) + len(split.captions)
+    with ProgressDisplay(f"zero-shot embed {split.root.name}", total) as progress:
+        start, done = time.monotonic(), 0
+        for chunk in _batches(split.images, batch_size):
+            pixels = torch.stack([vl_image(split.root / image.image_path, img_size, train=False) for image in chunk])
+            images.append(model.encode_image(pixels.to(device)).float().cpu())
+            done += len(chunk)
+            progress.update(done, rate=done / max(time.monotonic() - start, 1e-9))
+        for chunk in _batches(list(range(len(split.captions))), batch_size):
+            ids, padding = zip(*(_caption_segment(tokenizer, split, index, text_len) for index in chunk), strict=True)
+            texts.append(model.encode_text(torch.stack(ids).to(device), torch.stack(padding).to(device)).float().cpu())
+            done += len(chunk)
+            progress.update(done, rate=done / max(time.monotonic() - start, 1e-9))
     return torch.cat(images), torch.cat(texts)
 
 
