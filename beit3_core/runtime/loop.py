@@ -22,6 +22,7 @@ from typing import Any
 import torch
 
 from beit3_core.runtime import checkpoint as ckpt
+from beit3_core.runtime.atomic import copy_atomic
 from beit3_core.runtime.faults import kill_once
 from beit3_core.runtime.meter import Meter
 from beit3_core.runtime.progress import WorkerProgress
@@ -113,6 +114,26 @@ def run_worker(kind_cls: type[TrainingKind], loop_config: dict) -> None:
         logger.info("rank %d resumed from step %d", ctx.rank, start_step)
     kind.start(start_step)
     train(kind, ctx, start_step)
+
+
+def run_local(
+    kind_cls: type[TrainingKind], loop_config: dict, out_dir: Path | None = None, on_log=None
+) -> TrainingKind:
+    """One rank in this process, without Ray (smoke runs, tests): the same kind and loop as a Ray Train rank.
+    With `out_dir`, every checkpoint folder replaces the previous one there. Returns the trained kind."""
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    ctx = WorkerContext(rank=0, world_size=1, device=device, loop_config=loop_config)
+    kind = kind_cls(ctx)
+    kind.start(0)
+
+    def keep(metrics: dict, folder: Path | None) -> None:
+        if out_dir is not None and folder is not None:
+            out_dir.mkdir(parents=True, exist_ok=True)
+            for file in folder.iterdir():
+                copy_atomic(file, out_dir / file.name)
+
+    train(kind, ctx, 0, report=keep, on_log=on_log)
+    return kind
 
 
 def train(kind: TrainingKind, ctx: WorkerContext, start_step: int, report=None, on_log=None) -> None:

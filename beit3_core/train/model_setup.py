@@ -42,6 +42,10 @@ def parallelize(model: BEiT3ForMDM, cfg: PretrainConfig, device: torch.device) -
 
     FSDP2 runs on GPUs (NCCL) and on a CPU mesh (gloo), where bf16 mixed precision is left out.
     """
+    import torch.distributed as dist
+
+    if cfg.run.strategy == "ddp" and not dist.is_initialized():
+        return model.to(device)  # one process, no process group (`beit3_core.runtime.loop.run_local`)
     import ray.train.torch
 
     if cfg.run.strategy == "ddp":
@@ -50,7 +54,6 @@ def parallelize(model: BEiT3ForMDM, cfg: PretrainConfig, device: torch.device) -
         return ray.train.torch.prepare_model(model, parallel_strategy="ddp", parallel_strategy_kwargs=unused)
     if cfg.run.strategy != "fsdp":
         raise ValueError(f"run.strategy must be 'ddp' or 'fsdp', got {cfg.run.strategy!r}")
-    import torch.distributed as dist
     from torch.distributed.device_mesh import init_device_mesh
     from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard
 

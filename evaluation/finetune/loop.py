@@ -88,7 +88,7 @@ class FinetuneKind(TrainingKind):
 
     def start(self, start_step: int) -> None:
         trained = TaskLoss(self.task, self.model, self.cfg.task_augmentations("loss")).to(self.ctx.device)
-        if self.ctx.world_size > 1:
+        if torch.distributed.is_initialized():  # under Ray Train (DDP for more than one rank)
             import ray.train.torch
 
             trained = ray.train.torch.prepare_model(trained, parallel_strategy_kwargs={"find_unused_parameters": True})

@@ -3,7 +3,7 @@
 One test per family (classification, VQA, NLVR2, captioning, retrieval) on data written in that benchmark's
 official layout by `support.learnable` (two-band colour pictures; the class, answer, label or caption is a
 function of the colours). A micro BEiT-3 (64 wide, 2 layers, 32 px, random init, see `FROM_SCRATCH`) is
-trained IN PROCESS by `fit`: the runtime's loop (`beit3_core.runtime.loop.train`) with the fine-tuning kind
+trained IN PROCESS by `fit`: the runtime's loop (`beit3_core.runtime.loop.run_local`) with the fine-tuning kind
 (`evaluation.finetune.loop.FinetuneKind`), exactly what one Ray Train rank runs, with the loss of every step
 logged (`run.log_every: 1`). Ray itself is left out (five Ray Train runs would cost minutes; the whole file is
 about 30 s of CPU time); the Ray path is covered by `test_finetune_ray.py`. Evaluation is the
@@ -32,7 +32,7 @@ from support.learnable import (
     write_vqav2,
 )
 
-from beit3_core.runtime.loop import WorkerContext, train
+from beit3_core.runtime.loop import run_local
 from beit3_core.text_tokenizer import XLMRTokenizer, train_sentencepiece
 from evaluation.finetune import build_finetune_config
 from evaluation.finetune.config import FinetuneConfig
@@ -94,11 +94,8 @@ def fit(cfg: FinetuneConfig) -> tuple[torch.nn.Module, list[float]]:
     )
     head_options = head_options_of(train_dataset(cfg, task, tokenizer)) | cfg.model.head_options
     loop_config = {"config": cfg.to_dict(), "backbone": backbone, "head_options": head_options}
-    ctx = WorkerContext(rank=0, world_size=1, device=torch.device("cpu"), loop_config=loop_config)
-    kind = FinetuneKind(ctx)
-    kind.start(0)
     losses: list[float] = []
-    train(kind, ctx, 0, report=lambda metrics, folder: None, on_log=lambda metrics: losses.append(metrics["loss"]))
+    kind = run_local(FinetuneKind, loop_config, on_log=lambda metrics: losses.append(metrics["loss"]))
     assert len(losses) == kind.schedule.total_steps
     return kind.model, losses
 
