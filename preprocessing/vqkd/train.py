@@ -17,22 +17,15 @@ import numpy as np
 import torch
 from torch import nn
 
+from beit3_core.runtime.schedule import cosine_with_warmup
 from preprocessing.vqkd.augment import resize_batch, training_views
 from preprocessing.vqkd.model import VQKD, VQKDConfig
 
-__all__ = ["codebook_usage", "cosine_lr", "train_vqkd"]
+__all__ = ["codebook_usage", "train_vqkd"]
 
 logger = logging.getLogger(__name__)
 
 Images = np.ndarray | Iterable[np.ndarray]
-
-
-def cosine_lr(step: int, total_steps: int, warmup_steps: int, base_lr: float, min_lr: float) -> float:
-    """Learning rate at `step` (0-based): linear warmup to `base_lr`, then cosine decay to `min_lr`."""
-    if step < warmup_steps:
-        return base_lr * (step + 1) / warmup_steps
-    progress = (step - warmup_steps) / max(1, total_steps - warmup_steps)
-    return min_lr + (base_lr - min_lr) * 0.5 * (1 + math.cos(math.pi * min(progress, 1.0)))
 
 
 def _batches(images: Images, batch_size: int, rng: np.random.Generator) -> Iterator[np.ndarray]:
@@ -156,7 +149,7 @@ def train_vqkd(
             logger.warning("image stream ran dry after %d of %d steps", step, steps)
             break
         for group in optimizer.param_groups:
-            group["lr"] = cosine_lr(step, steps, warmup, lr, min_lr)
+            group["lr"] = cosine_with_warmup(step, steps, warmup, lr, min_lr)
         views = training_views(batch, config.img_size, rng, crop_scale).to(device)
         out = model(views, teacher(views))
         optimizer.zero_grad(set_to_none=True)

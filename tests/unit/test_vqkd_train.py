@@ -7,10 +7,11 @@ import pytest
 import torch
 from PIL import Image, ImageDraw
 
+from beit3_core.runtime.schedule import cosine_with_warmup as cosine_lr
 from preprocessing.vqkd.augment import random_resized_crop_box, render_view, resize_batch, training_views
 from preprocessing.vqkd.model import VQKD, vqkd_tiny
 from preprocessing.vqkd.teachers import HOGColorTeacher
-from preprocessing.vqkd.train import codebook_usage, cosine_lr, train_vqkd
+from preprocessing.vqkd.train import codebook_usage, train_vqkd
 
 
 def coloured_shapes(num_images: int, size: int, seed: int) -> np.ndarray:
