@@ -69,6 +69,7 @@ def run_training(
             storage.remove(name)  # a fresh start needs a name no run uses yet
         resume = name if storage.exists(name, RUN_INFO) else None
         ensure_ray(settings, min_cpus=int(cfg.run.num_workers * cfg.run.cpus_per_worker) + 1)
+        cfg.run.mlflow_parent_run_id = tracking.parent_run_id  # created nested; not part of the fingerprint
         run_pretraining(cfg, resume=resume)
     info = json.loads(storage.read_text(name, RUN_INFO))
     local = state_dir(Path(run_dir or ".")) / step / name
