@@ -3,6 +3,7 @@
 import json
 import math
 
+import numpy as np
 import pytest
 import torch
 from PIL import Image
@@ -176,3 +177,67 @@ def test_zeroshot_unit_uses_its_test_split(tmp_path):
     assert out["metrics"]["ir_r1"] == pytest.approx(25.0)
     # Text retrieval at 1 among five captions: 2/5 for the image with two, 1/5 for the others.
     assert out["metrics"]["tr_r1"] == pytest.approx(100 * (2 / 5 + 3 * 1 / 5) / 4)
+
+
+def _ade_image(root, split, stem, label):
+    for folder, array, mode in (("images", np.zeros((*label.shape, 3), np.uint8), "RGB"), ("annotations", label, "L")):
+        path = root / folder / split / f"{stem}.{'jpg' if folder == 'images' else 'png'}"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        Image.fromarray(array, mode).save(path)
+
+
+def test_ade20k_majority_class_everywhere(tmp_path):
+    (tmp_path / "objectInfo150.txt").write_text(
+        "Idx\tRatio\tTrain\tVal\tName\n1\t0\t0\t0\tsky\n2\t0\t0\t0\ttree\n3\t0\t0\t0\tcar\n"
+    )
+    # Raw ids: 0 = ignored, 1..3 = sky, tree, car. Training pixels: sky 16, tree 8, car 8 -> sky everywhere.
+    _ade_image(tmp_path, "training", "a", np.full((4, 4), 1, np.uint8))
+    _ade_image(tmp_path, "training", "b", np.repeat([[2], [2], [3], [3]], 4, axis=1).astype(np.uint8))
+    # Test image c: sky 8, tree 4, ignored 4; image d: car 16. Predicting sky: IoU sky = 8 / (28 + 8 - 8),
+    # tree 0, car 0 -> mIoU 9.52; aAcc 8 / 28; mAcc (1 + 0 + 0) / 3.
+    _ade_image(tmp_path, "validation", "c", np.array([[1] * 4, [1] * 4, [2] * 4, [0] * 4], np.uint8))
+    _ade_image(tmp_path, "validation", "d", np.full((4, 4), 3, np.uint8))
+    out = unit_baseline("ade20k", tmp_path, "val", img_size=16)
+    assert "'sky'" in out["predictor"]
+    assert out["metrics"]["mIoU"] == pytest.approx(100 * (8 / 28) / 3)
+    assert out["metrics"]["aAcc"] == pytest.approx(100 * 8 / 28) and out["metrics"]["mAcc"] == pytest.approx(100 / 3)
+    # Resamples of two images: {c, c} -> mIoU (8/12 + 0) / 2 (car absent), {d, d} -> 0, {c, d} -> 9.52, with
+    # probabilities 1/4, 1/4, 1/2.
+    values, weights = [100 * (8 / 12) / 2, 0.0, 100 * (8 / 28) / 3], [0.25, 0.25, 0.5]
+    mean = sum(v * w for v, w in zip(values, weights, strict=True))
+    sd = math.sqrt(sum(w * (v - mean) ** 2 for v, w in zip(values, weights, strict=True)))
+    assert out["stderr"]["mIoU"] == pytest.approx(sd, rel=0.2)
+
+
+def _instances(images, annotations):
+    categories = [{"id": 1, "name": "cat"}, {"id": 3, "name": "dog"}]
+    anns = [
+        {
+            "id": i + 1,
+            "image_id": image_id,
+            "category_id": cat,
+            "bbox": [x, y, w, h],
+            "area": w * h,
+            "iscrowd": 0,
+            "segmentation": [[x, y, x + w, y, x + w, y + h, x, y + h]],
+        }
+        for i, (image_id, cat, (x, y, w, h)) in enumerate(annotations)
+    ]
+    imgs = [{"id": i, "file_name": f"{i}.jpg", "height": 10, "width": 10} for i in images]
+    return {"images": imgs, "annotations": anns, "categories": categories}
+
+
+def test_coco_detection_whole_image_prior(tmp_path):
+    (tmp_path / "annotations").mkdir()
+    # Training: three cats, one dog -> a whole-image "cat" box on every test image.
+    train = _instances([1, 2], [(1, 1, (0, 0, 4, 4)), (1, 1, (5, 5, 4, 4)), (2, 1, (0, 0, 9, 9)), (2, 3, (1, 1, 3, 3))])
+    # Test: image 10 holds one whole-image cat (IoU 1: a hit), image 11 one 5 x 5 cat (IoU 0.25: a miss and a
+    # false positive). Equal scores keep image order in COCOeval, so precision is 1 up to recall 0.5 and the
+    # interpolated AP is 51 / 101 of the 101 recall points at every IoU threshold.
+    val = _instances([10, 11], [(10, 1, (0, 0, 10, 10)), (11, 1, (0, 0, 5, 5))])
+    for split, data in (("train2017", train), ("val2017", val)):
+        (tmp_path / "annotations" / f"instances_{split}.json").write_text(json.dumps(data))
+    out = unit_baseline("coco_detection", tmp_path, "val", img_size=64)
+    assert "'cat'" in out["predictor"]
+    assert out["metrics"]["bbox_AP"] == pytest.approx(100 * 51 / 101)
+    assert out["stderr"]["bbox_AP"] > 0 and out["num_items"] == 2
