@@ -2,7 +2,7 @@
 
 Fine-tuning from it with the budget, config and seed of the pretrained run measures what pretraining adds.
 The backbone is built as pretraining builds it (the checkpoint's `BEiT3Config`, including its init scheme), so
-the two runs differ only in the weights they start from.
+the two runs differ only in the weights they start from. The pipeline draws it with the fine-tune's seed.
 """
 
 from __future__ import annotations

@@ -10,8 +10,8 @@ returns is nested under the pipeline's run.
 
 The step also scores the unit's trivial baseline on the same evaluation split (`evaluation.baselines`) and logs it
 on the unit's run as `baseline_<metric>` and `baseline_<metric>_stderr`. The scratch run starts from a random
-backbone of the pretrained architecture (`evaluation.baselines.scratch`) with the same config and seed; its cache
-key follows that architecture, not the pretrained weights.
+backbone of the pretrained architecture (`evaluation.baselines.scratch`, drawn with the run's `run.seed`) with the
+same config and seed; its cache key follows that architecture, not the pretrained weights.
 """
 
 import importlib
@@ -48,18 +48,16 @@ def finetune_key(_ctx, params: dict) -> str:
     return finetune_key_of(p["task_name"], p["config"], p["pretrained"], p["run_dir"], p.get("kind", PRETRAINED))
 
 
-def unit_baseline_of(task_name: str, config: dict) -> dict:
-    """The unit's trivial baseline on the split the run is scored on; `{"reason"}` when the config names no
-    benchmark files (a stand-in fine-tuning module in tests)."""
+def unit_baseline_of(cfg) -> dict:
+    """The unit's trivial baseline on the split the run is scored on (`cfg`: the run's `FinetuneConfig`);
+    `{"reason"}` when the config names no benchmark files (a stand-in fine-tuning module in tests)."""
     from evaluation.baselines import unit_baseline
-    from evaluation.finetune.config import build_finetune_config
 
-    cfg = build_finetune_config(task_name, config)
     if not cfg.data.root:
         return {"reason": "no data.root in the fine-tuning config"}
     data = cfg.data
     options = {"train_split": data.train_split, "img_size": cfg.model.img_size, "options": data.options}
-    return unit_baseline(task_name, data.root, cfg.eval_split, **options)
+    return unit_baseline(cfg.task, data.root, cfg.eval_split, **options)
 
 
 def log_baseline(tracking: Tracking, run_id: str, baseline: dict) -> None:
@@ -82,14 +80,17 @@ def finetune(
     tracking: Tracking,
     kind: str = PRETRAINED,
 ) -> dict:
+    from evaluation.finetune.config import build_finetune_config
+
     run_finetune = finetune_entry_point()
-    baseline = unit_baseline_of(task_name, config)  # first: unreadable benchmark files fail before training
+    cfg = build_finetune_config(task_name, config)
+    baseline = unit_baseline_of(cfg)  # first: unreadable benchmark files fail before training
     out_dir = Path(run_dir) / kind / task_name
     init = pretrained["checkpoint"]
-    if kind == SCRATCH:
+    if kind == SCRATCH:  # the random backbone is drawn with the run's seed
         from evaluation.baselines.scratch import random_init_like
 
-        init = str(random_init_like(pretrained["checkpoint"], out_dir / "random_init.safetensors"))
+        init = str(random_init_like(pretrained["checkpoint"], out_dir / "random_init.safetensors", cfg.run.seed))
     extra = {"output_dir": str(out_dir), "mlflow_tracking_uri": tracking.uri}
     extra |= {"ray_address": settings.ray_address} if settings.ray_address else {}
     ensure_ray(settings)

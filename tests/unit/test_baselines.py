@@ -241,3 +241,28 @@ def test_coco_detection_whole_image_prior(tmp_path):
     assert "'cat'" in out["predictor"]
     assert out["metrics"]["bbox_AP"] == pytest.approx(100 * 51 / 101)
     assert out["stderr"]["bbox_AP"] > 0 and out["num_items"] == 2
+
+
+def test_random_init_like_keeps_the_architecture_and_draws_new_weights(tmp_path):
+    from support.model_inputs import small_model
+
+    from beit3_core.checkpoint import load_checkpoint, save_checkpoint
+    from evaluation.baselines.scratch import random_init_like
+
+    source = small_model(text_embed_init_std=1.0)
+    with torch.no_grad():
+        for param in source.parameters():
+            param.add_(1.0)  # stands for trained weights
+    save_checkpoint(source, tmp_path / "pretrained.safetensors")
+    first = load_checkpoint(random_init_like(tmp_path / "pretrained.safetensors", tmp_path / "a.safetensors", seed=3))
+    again = load_checkpoint(random_init_like(tmp_path / "pretrained.safetensors", tmp_path / "b.safetensors", seed=3))
+    other = load_checkpoint(random_init_like(tmp_path / "pretrained.safetensors", tmp_path / "c.safetensors", seed=4))
+    assert first.config == source.config
+    trained, drawn = source.state_dict(), first.state_dict()
+    assert drawn.keys() == trained.keys()
+    assert not any(drawn[k].equal(trained[k]) for k in drawn if drawn[k].is_floating_point())
+    assert all(v.equal(again.state_dict()[k]) for k, v in drawn.items())  # seeded
+    weights = [k for k, v in drawn.items() if v.ndim == 2]
+    assert not any(drawn[k].equal(other.state_dict()[k]) for k in weights)
+    # The config's init scheme: the text embedding drawn at std 1.0, as the pretraining recipe asks.
+    assert drawn["text_embed.weight"].std() == pytest.approx(1.0, rel=0.1)
