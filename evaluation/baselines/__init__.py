@@ -6,14 +6,16 @@ sqrt(p (1 - p) / n) where the metric is a per-item rate, a closed form where one
 seeded bootstrap over test items otherwise. A result of a fine-tuned model is meaningful only by its margin
 over the baseline in those standard errors.
 
-    majority_label(labels)                 -> the most frequent training label (ties: the smallest)
-    ranked_by_frequency(labels, k)         -> the k most frequent labels, best first
-    most_frequent_answer(answer_lists)     -> the answer human annotators gave most often
-    constant_caption(captions, references) -> the caption every image receives (`captions`)
-    random_ranking_recall(...)             -> R@K of a random ranking in closed form (`retrieval`)
+    predictors   majority_label, ranked_by_frequency, most_frequent_answer (plain labels and answers)
+    captioning   constant_caption (the one caption every image gets), cider_stderr
+    retrieval    random_ranking_recall (R@K of a random ranking in closed form)
+    dense        majority_pixel_class, miou_stderr, majority_category, whole_image_prior, box_ap_stderr
+    scratch      random_init_like (the random-initialisation control of a fine-tune)
+    stats        binomial_stderr, bootstrap_stderr, margin, baseline_result
 
-Each task holds its own baseline (`evaluation.tasks.base.Task.baseline`); `unit_baseline` reads a unit's
-splits and calls it. Every baseline is a JSON-plain dict:
+Each task holds its own baseline (`evaluation.tasks.base.Task.baseline`, built from the modules above);
+`unit_baseline` reads a unit's splits and calls it, `zeroshot_baseline` does the same for a zero-shot retrieval
+unit. Every baseline is a JSON-plain dict:
 
     {"predictor": what it predicts, "metrics": {name: value}, "stderr": {name: value},
      "stderr_method": "binomial" | "closed form" | "bootstrap (R resamples, seed S)", "num_items": n}
