@@ -2,7 +2,9 @@
 
     ingest[<source>] --> preprocess --> pretrain --> finetune[<task>] ----------------> report
     (one per source)                         |       (one per benchmark)                  ^
-                                             +--> itc --> zeroshot[<unit>] -----------------+
+                                             |-----> finetune-scratch[<task>] ------------|
+                                             |       (with compare_scratch)               |
+                                             +--> itc --> zeroshot[<unit>] ---------------+
                                                           (one per zero-shot unit)
 
 Each step is a task in `flows.steps` whose cache key is the content fingerprint of its inputs + its resolved
@@ -10,7 +12,9 @@ config + its code version (`flows.steps.keys`), so an unchanged rerun is all cac
 or benchmark config reruns only what depends on it. Cached results live in `BEIT3_RESULT_STORAGE` (default: the
 run directory) and count only while the files they name exist (`flows.steps.cache`). Heavy steps call Ray from
 inside the task (no RayTaskRunner, spec 1.4); the default thread runner fans out ingest and fine-tuning. One
-MLflow parent run per flow run, nested runs per executed step.
+MLflow parent run per flow run, nested runs per executed step. With `compare_scratch` (config or
+`beit3 run --compare-scratch`) every benchmark is fine-tuned a second time from random initialisation with the same
+config and seed, and the report shows both beside the unit's trivial baseline.
 
 Run it with `beit3 run CONFIG` (`flows.commands.run`), which sets up the local environment first; a deployment
 (`beit3 deploy`) calls the flow with the same parameters.
@@ -30,7 +34,7 @@ from flows.steps.config import (
     resolve_pretrain,
     zeroshot_config,
 )
-from flows.steps.finetune import finetune
+from flows.steps.finetune import PRETRAINED, SCRATCH, finetune
 from flows.steps.ingest import ingest
 from flows.steps.itc import itc
 from flows.steps.preprocess import preprocess
@@ -47,6 +51,7 @@ def beit3_pipeline(
     only: list[str] | None = None,
     from_step: str | None = None,
     force: list[str] | None = None,
+    compare_scratch: bool | None = None,
 ) -> dict:
     """Run the pipeline of one config file.
 
@@ -56,8 +61,11 @@ def beit3_pipeline(
             from the run directory's ledger feed them.
         from_step: Run this step and every step after it; earlier steps are not run.
         force: Ignore the cache of these steps (`all` for every step).
+        compare_scratch: Also fine-tune every benchmark from random initialisation; None = the config's
+            `compare_scratch`.
     """
     cfg = load_pipeline_config(config_path)
+    scratch = cfg.compare_scratch if compare_scratch is None else compare_scratch
     settings = Settings()
     pre_cfg = resolve_preprocess(cfg)
     pretrain_cfg = resolve_pretrain(cfg, settings.tracking_uri(cfg.run_dir), settings.ray_address)
@@ -66,7 +74,8 @@ def beit3_pipeline(
     )
     labels = [f"ingest[{s.name}]" for s in pre_cfg.sources] + ["preprocess", "pretrain"]
     labels += ["itc"] * bool(cfg.itc) + [f"zeroshot[{z.unit}]" for z in cfg.zeroshot]
-    labels += [f"finetune[{b.task}]" for b in cfg.benchmarks] + ["report"]
+    labels += [f"{PRETRAINED}[{b.task}]" for b in cfg.benchmarks]
+    labels += [f"{SCRATCH}[{b.task}]" for b in cfg.benchmarks if scratch] + ["report"]
     selection = Selection.parse(only, from_step, force)
     selection.check(labels)
     storage = result_storage(settings, cfg.run_dir)  # a wrong BEIT3_RESULT_STORAGE fails before any step
@@ -105,10 +114,10 @@ def beit3_pipeline(
         zeroshot_results = _itc_and_zeroshot(
             cfg, itc_cfg, pre_cfg, steps, selection, dataset, pretrained, settings, tracking
         )
-        finetuned = steps.map(
-            "finetune",
-            finetune,
-            {
+        kinds = [PRETRAINED, SCRATCH] if scratch else [PRETRAINED]
+        finetuned = []
+        for kind in kinds:
+            calls = {
                 b.task: {
                     "task_name": b.task,
                     "config": benchmark_config(b, cfg, pre_cfg),
@@ -116,17 +125,18 @@ def beit3_pipeline(
                     "run_dir": str(cfg.run_dir),
                     "settings": settings,
                     "tracking": tracking,
+                    "kind": kind,
                 }
                 for b in cfg.benchmarks
-            },
-        )
+            }
+            finetuned += list(steps.map(kind, finetune, calls).values())
         reported = steps.run(
             "report",
             report,
             run_dir=str(cfg.run_dir),
             dataset=dataset,
             pretrained=pretrained,
-            benchmarks=list(zeroshot_results.values()) + list(finetuned.values()),
+            benchmarks=list(zeroshot_results.values()) + finetuned,
         )
         results = reported["results"] if reported else None
         status = "FINISHED"

@@ -34,6 +34,9 @@ from torch.utils.data import Dataset
 
 import beit3_core
 from beit3_core.checkpoint import _atomic_write
+from evaluation.baselines import baseline_result
+from evaluation.baselines.dense import majority_pixel_class, miou_stderr
+from evaluation.baselines.stats import bootstrap_method
 from evaluation.dense.backbone import dense_config
 from evaluation.dense.segmentation.inference import predict_probabilities
 from evaluation.dense.segmentation.transforms import IGNORE_INDEX
@@ -132,6 +135,21 @@ class ADE20KTask(Task):
             "per_class_IoU": per_class,
             "num_images": len(records),
         }
+
+    def baseline(self, train_set: ADE20KDataset, eval_set: ADE20KDataset) -> dict[str, Any]:
+        """The training split's majority pixel class everywhere; bootstrap standard error over test images."""
+        num_classes = len(eval_set.classes)
+        train_labels = (train_set.image_and_label(i)[1] for i in range(len(train_set)))
+        majority = majority_pixel_class(train_labels, num_classes)
+        confusions = []
+        for stem, _, _ in eval_set.items:
+            label = eval_set.label(stem)
+            confusions.append(confusion_matrix(np.full(label.shape, majority, np.uint8), label, num_classes))
+        scores = segmentation_metrics(np.sum(confusions, axis=0))
+        metrics = {key: scores[key] for key in ("mIoU", "aAcc", "mAcc")} | {"num_images": len(confusions)}
+        predictor = f"majority class {eval_set.classes[majority]!r} of the training pixels everywhere"
+        stderr = {"mIoU": miou_stderr(confusions)}
+        return baseline_result(predictor, metrics, stderr, bootstrap_method(), len(confusions))
 
     def write_submission(self, records: Sequence[Record], path: str | Path, dataset: Dataset) -> Path:
         return write_label_zip({r["image_id"]: r["pred"] for r in records}, Path(path))

@@ -98,6 +98,12 @@ class Task(abc.ABC):
     def write_submission(self, records: Sequence[Record], path: str | Path, dataset: Dataset) -> Path:
         """Writes the records in the benchmark's official submission format; returns the path."""
 
+    def baseline(self, train_set: Dataset, eval_set: Dataset) -> dict[str, Any]:
+        """The trivial baseline on `eval_set`: what an input-blind predictor (majority class, a constant answer or
+        caption, a random ranking) scores with this task's official scorer, with its standard error on that split
+        (the record format of `evaluation.baselines`). `train_set` is what the predictor may count."""
+        raise NotImplementedError(f"task {self.name!r} defines no trivial baseline")
+
 
 TASKS: dict[str, Task] = {}
 

@@ -34,6 +34,9 @@ from torch.utils.data import Dataset
 
 import beit3_core
 from beit3_core.model import trunc_normal_one_sigma_
+from evaluation.baselines import baseline_result
+from evaluation.baselines.captioning import cider_stderr, constant_caption
+from evaluation.baselines.stats import bootstrap_method
 from evaluation.metrics.captioning import caption_scores, nocaps_scores
 from evaluation.tasks.augment import vl_random_augment
 from evaluation.tasks.base import Batch, Record, Task, register
@@ -238,6 +241,18 @@ class CaptioningTask(Task):
         if self.benchmark == "nocaps":
             return nocaps_scores(dataset.references, predictions, dataset.domains)
         return caption_scores(dataset.references, predictions)
+
+    def baseline(self, train_set: CaptioningDataset, eval_set: CaptioningDataset) -> dict[str, Any]:
+        """One training caption for every image (`evaluation.baselines.captioning.constant_caption`)."""
+        caption = constant_caption(train_set.references)
+        predictions = dict.fromkeys(eval_set.references, caption)
+        if self.benchmark == "nocaps":
+            metrics = nocaps_scores(eval_set.references, predictions, eval_set.domains)
+        else:
+            metrics = caption_scores(eval_set.references, predictions)
+        stderr = {"CIDEr": cider_stderr(eval_set.references, caption)}
+        predictor = f"constant caption {caption!r} (best training CIDEr of the frequent training captions)"
+        return baseline_result(predictor, metrics, stderr, bootstrap_method(), len(predictions))
 
     def write_submission(self, records: Sequence[Record], path: str | Path, dataset: CaptioningDataset) -> Path:
         captions = self.captions(records, dataset)

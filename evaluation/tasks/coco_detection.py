@@ -34,6 +34,9 @@ from torch import nn
 from torch.utils.data import Dataset
 
 import beit3_core
+from evaluation.baselines import baseline_result
+from evaluation.baselines.dense import DETECTION_ROUNDS, box_ap_stderr, majority_category, whole_image_prior
+from evaluation.baselines.stats import bootstrap_method
 from evaluation.dense.detection import DetectorConfig, MaskRCNN, paste_masks
 from evaluation.metrics.detection import (
     CategoryMap,
@@ -229,6 +232,17 @@ class CocoDetectionTask(Task):
         iou_types = ("bbox", "segm") if all("segmentation" in d for d in results) else ("bbox",)
         metrics = detection_metrics(dataset.gt, results, iou_types)
         return metrics | {"num_images": len(records), "annotation_counts": dict(dataset.counts)}
+
+    def baseline(self, train_set: CocoInstancesDataset, eval_set: CocoInstancesDataset) -> dict[str, Any]:
+        """One whole-image box (and mask) of the training split's most frequent category per test image."""
+        category = majority_category(train_set.gt)
+        results = whole_image_prior(eval_set.gt, category)
+        check_results(results, eval_set.gt, "whole-image prior")
+        metrics = detection_metrics(eval_set.gt, results)
+        stderr = {"bbox_AP": box_ap_stderr(eval_set.gt, results)}
+        predictor = f"whole image as one {eval_set.categories.names[category]!r} box per image"
+        n = len(eval_set.gt["images"])
+        return baseline_result(predictor, metrics, stderr, bootstrap_method(DETECTION_ROUNDS), n)
 
     def write_submission(self, records: Sequence[Record], path: str | Path, dataset: CocoInstancesDataset) -> Path:
         # The official result-file format: one entry per detection, original category ids, RLE counts as str.

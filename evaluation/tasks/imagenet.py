@@ -30,6 +30,7 @@ from torch.utils.data import Dataset
 
 import beit3_core
 from beit3_core.model import trunc_normal_one_sigma_
+from evaluation.baselines import baseline_result, binomial_stderr, ranked_by_frequency
 from evaluation.metrics.classification import ranked_accuracy
 from evaluation.tasks.augment import (
     Mixup,
@@ -233,6 +234,22 @@ class ImageNetTask(Task):
         ranked = {r["image_id"]: r["ranked"] for r in records}
         ks = (1, 5) if len(dataset.classes) >= 5 else (1,)
         return {**ranked_accuracy(ranked, dataset.labels, ks=ks), "num_images": len(ranked)}
+
+    def baseline(self, train_set: ImageNetDataset, eval_set: ImageNetDataset) -> dict[str, Any]:
+        """The larger of chance (k / K) and the training split's most frequent classes, best first."""
+        num_classes = len(eval_set.classes)
+        seen = ranked_by_frequency(train_set.labels.values())
+        ranking = seen + [c for c in range(num_classes) if c not in seen]
+        majority = self.evaluate([{"image_id": i, "ranked": ranking[:5]} for i in eval_set.labels], eval_set)
+        metrics, n = {}, len(eval_set)
+        for name in (m for m in majority if m.startswith("acc")):
+            chance = 100.0 * min(int(name[3:]), num_classes) / num_classes
+            metrics |= {name: max(majority[name], chance), f"majority_{name}": majority[name], f"chance_{name}": chance}
+        predictor = f"majority class {eval_set.classes[ranking[0]]!r} of the training split"
+        if metrics["chance_acc1"] > metrics["majority_acc1"]:
+            predictor = f"chance (1 / {num_classes})"
+        stderr = {m: binomial_stderr(metrics[m], n) for m in metrics if not m.startswith(("majority", "chance"))}
+        return baseline_result(predictor, metrics | {"num_images": n}, stderr, "binomial", n)
 
     def write_submission(self, records: Sequence[Record], path: str | Path, dataset: Dataset) -> Path:
         # The JSON object that evaluation.score reads: image id -> class indices, best first.

@@ -24,6 +24,7 @@ from torch.utils.data import Dataset
 
 import beit3_core
 from beit3_core.model import trunc_normal_one_sigma_
+from evaluation.baselines import baseline_result, binomial_stderr, majority_label
 from evaluation.metrics.classification import nlvr2_scores
 from evaluation.tasks.base import Batch, Record, Task, register
 from evaluation.tasks.data import check_split, read_jsonl, text_segment, vl_image
@@ -157,6 +158,14 @@ class NLVR2Task(Task):
 
     def evaluate(self, records: Sequence[Record], dataset: NLVR2Dataset) -> dict[str, Any]:
         return nlvr2_scores({r["identifier"]: r["prediction"] for r in records}, dataset.labels)
+
+    def baseline(self, train_set: NLVR2Dataset, eval_set: NLVR2Dataset) -> dict[str, Any]:
+        """The training split's majority label for every example."""
+        label = majority_label(train_set.labels.values())
+        metrics = self.evaluate([{"identifier": i, "prediction": label} for i in eval_set.labels], eval_set)
+        n = metrics["num_examples"]
+        stderr = {"accuracy": binomial_stderr(metrics["accuracy"], n)}
+        return baseline_result(f"majority label {label} of the training split", metrics, stderr, "binomial", n)
 
     def write_submission(self, records: Sequence[Record], path: str | Path, dataset: Dataset) -> Path:
         # The official scorer's CSV: "identifier,prediction" rows with True/False, no header.

@@ -29,6 +29,7 @@ from torch.utils.data import Dataset
 
 import beit3_core
 from beit3_core.itc import BEiT3ForITC, contrastive_loss
+from evaluation.baselines.retrieval import random_ranking_recall
 from evaluation.metrics.retrieval import retrieval_recall
 from evaluation.tasks.base import Batch, Record, Task, register
 from evaluation.tasks.data import text_segment, vl_image, write_json
@@ -116,6 +117,10 @@ class RetrievalTask(Task):
         text_to_image = torch.tensor([row_of[texts[t]["image_index"]] for t in sorted(texts)])
         metrics = retrieval_recall(image_ID @ text_TD.T, text_to_image)
         return metrics | {"num_images": len(image_ids), "num_texts": len(texts)}
+
+    def baseline(self, train_set: RetrievalDataset, eval_set: RetrievalDataset) -> dict[str, Any]:
+        """A random ranking of the split, in closed form (`evaluation.baselines.retrieval`)."""
+        return random_ranking_recall([len(image.captions) for image in eval_set.images])
 
     def write_submission(self, records: Sequence[Record], path: str | Path, dataset: Dataset | None = None) -> Path:
         return write_json(self.evaluate(records, dataset), path)

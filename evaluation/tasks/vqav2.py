@@ -35,7 +35,15 @@ from torch.utils.data import Dataset
 
 import beit3_core
 from beit3_core.model import trunc_normal_one_sigma_
-from evaluation.metrics.vqa import process_digit_article, process_punctuation, soft_targets, vqa_accuracy
+from evaluation.baselines import baseline_result, bootstrap_stderr, most_frequent_answer
+from evaluation.baselines.stats import bootstrap_method
+from evaluation.metrics.vqa import (
+    process_digit_article,
+    process_punctuation,
+    question_accuracy,
+    soft_targets,
+    vqa_accuracy,
+)
 from evaluation.tasks.augment import vl_random_augment
 from evaluation.tasks.base import Batch, Record, Task, register
 from evaluation.tasks.data import check_split, read_json, text_segment, vl_image, write_json
@@ -224,6 +232,22 @@ class VQAv2Task(Task):
         result = vqa_accuracy(predictions, dataset.annotations.values())
         result["score"] = 100.0 * sum(r["target_score"] for r in by_qid.values()) / len(by_qid)
         return result
+
+    def baseline(self, train_set: VQAv2Dataset, eval_set: VQAv2Dataset) -> dict[str, Any]:
+        """The answer the training split's annotators gave most often, for every question; bootstrap standard
+        error (the per-question accuracy takes the values 0, 0.3, 0.6, 0.9 and 1, not a binomial)."""
+        human = ([normalize_answer(a["answer"]) for a in ann["answers"]] for ann in train_set.annotations.values())
+        answer = most_frequent_answer(human, allowed=eval_set.answers)
+        index = eval_set.answer_to_label[answer]
+        records = [
+            {"question_id": item["qid"], "answer_index": index, "target_score": item["scores"].get(index, 0.0)}
+            for item in eval_set.items
+        ]
+        metrics = self.evaluate(records, eval_set)
+        per_question = [question_accuracy(answer, ann["answers"]) for ann in eval_set.annotations.values()]
+        stderr = {"overall": bootstrap_stderr(per_question, lambda xs: 100.0 * sum(xs) / len(xs))}
+        predictor = f"most frequent training answer {answer!r}"
+        return baseline_result(predictor, metrics, stderr, bootstrap_method(), len(per_question))
 
     def write_submission(self, records: Sequence[Record], path: str | Path, dataset: VQAv2Dataset) -> Path:
         return write_json(

@@ -1,8 +1,9 @@
-"""`beit3 run CONFIG [--only STEP] [--from STEP] [--force STEP]`: run the pipeline DAG of a pipeline YAML.
+"""`beit3 run CONFIG [--only STEP] [--from STEP] [--force STEP] [--compare-scratch]`: run a pipeline YAML's DAG.
 
 Local by default: an ephemeral Prefect server and MLflow store under `<run_dir>/.state`, a local Ray; set
 `PREFECT_API_URL`, `RAY_ADDRESS`, `MLFLOW_TRACKING_URI` for a cluster (see `flows.settings`). Steps: ingest,
-preprocess, pretrain, finetune, report; `finetune:vqav2` names one benchmark, `ingest:<source>` one source.
+preprocess, pretrain, finetune, finetune-scratch (with `--compare-scratch`: every benchmark fine-tuned again from
+random initialisation), report; `finetune:vqav2` names one benchmark, `ingest:<source>` one source.
 Exit codes: 0 done, 1 a step failed (its name and log tail on stderr), 2 a bad config or step name.
 """
 
@@ -19,6 +20,12 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     select.add_argument("--only", action="append", default=[], metavar="STEP", help="run only this step (repeatable)")
     select.add_argument("--from", dest="from_step", metavar="STEP", help="run this step and every later one")
     parser.add_argument("--force", action="append", default=[], metavar="STEP", help="ignore this step's cache ('all')")
+    parser.add_argument(
+        "--compare-scratch",
+        action="store_true",
+        default=None,
+        help="also fine-tune every benchmark from random initialisation (default: the config's compare_scratch)",
+    )
     parser.set_defaults(func=run)
 
 
@@ -44,7 +51,9 @@ def run(args: argparse.Namespace) -> int:
     from flows.steps.runner import MissingStepOutput, StepFailed
 
     try:
-        out = beit3_pipeline(str(args.config.resolve()), _split(args.only), args.from_step, _split(args.force))
+        out = beit3_pipeline(
+            str(args.config.resolve()), _split(args.only), args.from_step, _split(args.force), args.compare_scratch
+        )
     except StepFailed as failure:
         print(f"beit3 run: {failure}", file=sys.stderr)
         return 1
@@ -90,13 +99,20 @@ def print_summary(out: dict) -> None:
     console.print(steps)
     results = out.get("results")
     if results:
-        table = Table(title=f"results (dataset {results['dataset_version']})")
+        from flows.commands.report import results_table
+        from flows.steps.results_table import flat_unit_metrics, result_rows
+
+        table = Table(title=f"benchmark runs (dataset {results['dataset_version']})")
         for column in ("benchmark", "status", "metrics"):
             table.add_column(column)
         for task, entry in results["benchmarks"].items():
             metrics = ", ".join(f"{k} {v:.4g}" for k, v in _numbers(entry.get("metrics") or {}).items())
             table.add_row(task, entry["status"], escape(metrics or entry.get("reason", "")))
         console.print(table)
+        benchmarks = {unit: flat_unit_metrics(entry) for unit, entry in results["benchmarks"].items()}
+        rows = result_rows(benchmarks, reference=False, pretrain=(results.get("pretrain") or {}).get("metrics"))
+        reported = [row for row in rows if row["ours"] is not None]
+        console.print(results_table(reported, "headline metrics against their trivial baselines"))
         console.print(f"results: {Path(out['run_dir']) / 'results.json'}")
     console.print(f"MLflow parent run {out['mlflow_run_id']}")
     _print_ui_hints(console, Path(out["run_dir"]))

@@ -13,6 +13,7 @@
       overrides: {run: {steps: 40}}
     zeroshot:                                   # zero-shot retrieval of the ITC checkpoint (needs `itc`)
       - {unit: flickr30k_zeroshot, root: runs/demo/benchmarks/flickr30k}
+    compare_scratch: false                      # also fine-tune each benchmark from random initialisation
     execution: {io_retries: 2, retry_delay_seconds: [2, 10]}
 
 Relative paths resolve against the current directory, as in the preprocessing config. The pipeline owns the
@@ -92,6 +93,9 @@ class PipelineConfig(_Strict):
     storage: str | None = None
     """Where pretraining and fine-tuning runs are stored: a shared path or a pyarrow filesystem URI; default
     the run directory."""
+    compare_scratch: bool = False
+    """Also fine-tune every benchmark from random initialisation (same config, budget and seed): the
+    `finetune-scratch[<task>]` steps, shown beside the pretrained runs (`beit3 run --compare-scratch`)."""
 
     @field_validator("run_dir")
     @classmethod

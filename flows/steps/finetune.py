@@ -1,11 +1,17 @@
-"""Fine-tune + evaluate step: one task per configured benchmark, started from the pretrained checkpoint.
+"""Fine-tune + evaluate step: one task per configured benchmark, started from the pretrained checkpoint, and
+(`compare_scratch`) one more per benchmark started from random initialisation.
 
 Calls `evaluation.finetune.run_finetune(task, config, init_checkpoint) -> {"metrics", "mlflow_run_id",
 "checkpoint"}`. The config is the benchmark's overrides over the pipeline's defaults (`tokenizer`: the shards'
 SentencePiece model, `storage_path`: `<storage>/finetune/runs`, see `flows.steps.config`), plus `output_dir`
-(`<run_dir>/finetune/<task>`), `mlflow_tracking_uri`, `mlflow_experiment` and `ray_address` (when set), all
-flat keys that `evaluation.finetune.config` maps to their sections. The run it returns is nested under the
-pipeline's run.
+(`<run_dir>/finetune/<task>`, or `<run_dir>/finetune-scratch/<task>`), `mlflow_tracking_uri`, `mlflow_experiment`
+and `ray_address` (when set), all flat keys that `evaluation.finetune.config` maps to their sections. The run it
+returns is nested under the pipeline's run.
+
+The step also scores the unit's trivial baseline on the same evaluation split (`evaluation.baselines`) and logs it
+on the unit's run as `baseline_<metric>` and `baseline_<metric>_stderr`. The scratch run starts from a random
+backbone of the pretrained architecture (`evaluation.baselines.scratch`, drawn with the run's `run.seed`) with the
+same config and seed; its cache key follows that architecture, not the pretrained weights.
 """
 
 import importlib
@@ -19,6 +25,8 @@ from flows.steps.keys import code_hash, step_key
 from flows.steps.tracking import Tracking
 
 ENTRY_MODULE = "evaluation.finetune"
+PRETRAINED, SCRATCH = "finetune", "finetune-scratch"
+"""Step kinds: from the pretrained checkpoint, from random initialisation."""
 
 
 def finetune_entry_point() -> Callable:
@@ -26,37 +34,81 @@ def finetune_entry_point() -> Callable:
     return importlib.import_module(ENTRY_MODULE).run_finetune
 
 
-def finetune_key_of(task_name: str, config: dict, pretrained: dict, run_dir: str) -> str:
+def finetune_key_of(task_name: str, config: dict, pretrained: dict, run_dir: str, kind: str = PRETRAINED) -> str:
     code = code_hash("evaluation", "flows/steps/finetune.py")
+    if kind == SCRATCH:
+        from evaluation.baselines.scratch import architecture_of
+
+        return step_key(f"{kind}-{task_name}", config, architecture_of(pretrained["checkpoint"]), run_dir, code)
     return step_key(f"finetune-{task_name}", config, pretrained["checkpoint_sha256"], run_dir, code)
 
 
 def finetune_key(_ctx, params: dict) -> str:
-    return finetune_key_of(params["task_name"], params["config"], params["pretrained"], params["run_dir"])
+    p = params
+    return finetune_key_of(p["task_name"], p["config"], p["pretrained"], p["run_dir"], p.get("kind", PRETRAINED))
+
+
+def unit_baseline_of(cfg) -> dict:
+    """The unit's trivial baseline on the split the run is scored on (`cfg`: the run's `FinetuneConfig`);
+    `{"reason"}` when the config names no benchmark files (a stand-in fine-tuning module in tests)."""
+    from evaluation.baselines import unit_baseline
+
+    if not cfg.data.root:
+        return {"reason": "no data.root in the fine-tuning config"}
+    data = cfg.data
+    options = {"train_split": data.train_split, "img_size": cfg.model.img_size, "options": data.options}
+    return unit_baseline(cfg.task, data.root, cfg.eval_split, **options)
+
+
+def log_baseline(tracking: Tracking, run_id: str, baseline: dict) -> None:
+    """`baseline_<metric>` and `baseline_<metric>_stderr` on the unit's MLflow run, and the predictor as a tag."""
+    from mlflow.entities import Metric, RunTag
+
+    metrics = [Metric(f"baseline_{k}", v, 0, 0) for k, v in baseline.get("metrics", {}).items()]
+    metrics += [Metric(f"baseline_{k}_stderr", v, 0, 0) for k, v in baseline.get("stderr", {}).items()]
+    tags = [RunTag("beit3.baseline", baseline.get("predictor") or baseline.get("reason", ""))]
+    tracking.client().log_batch(run_id, metrics=metrics, tags=tags)
 
 
 @task(cache_key_fn=finetune_key)
 def finetune(
-    task_name: str, config: dict, pretrained: dict, run_dir: str, settings: Settings, tracking: Tracking
+    task_name: str,
+    config: dict,
+    pretrained: dict,
+    run_dir: str,
+    settings: Settings,
+    tracking: Tracking,
+    kind: str = PRETRAINED,
 ) -> dict:
+    from evaluation.finetune.config import build_finetune_config
+
     run_finetune = finetune_entry_point()
-    extra = {"output_dir": str(Path(run_dir) / "finetune" / task_name), "mlflow_tracking_uri": tracking.uri}
+    cfg = build_finetune_config(task_name, config)
+    baseline = unit_baseline_of(cfg)  # first: unreadable benchmark files fail before training
+    out_dir = Path(run_dir) / kind / task_name
+    init = pretrained["checkpoint"]
+    if kind == SCRATCH:  # the random backbone is drawn with the run's seed
+        from evaluation.baselines.scratch import random_init_like
+
+        init = str(random_init_like(pretrained["checkpoint"], out_dir / "random_init.safetensors", cfg.run.seed))
+    extra = {"output_dir": str(out_dir), "mlflow_tracking_uri": tracking.uri}
     extra |= {"ray_address": settings.ray_address} if settings.ray_address else {}
     ensure_ray(settings)
-    out = run_finetune(
-        task_name, config | extra | {"mlflow_experiment": tracking.experiment_name}, pretrained["checkpoint"]
-    )
+    out = run_finetune(task_name, config | extra | {"mlflow_experiment": tracking.experiment_name}, init)
     if out.get("mlflow_run_id"):
-        tracking.adopt(
-            out["mlflow_run_id"], f"finetune[{task_name}]", {"beit3.pretrain_run": pretrained["mlflow_run_id"]}
-        )
+        tags = {"beit3.pretrain_run": pretrained["mlflow_run_id"], "beit3.init": kind}
+        tracking.adopt(out["mlflow_run_id"], f"{kind}[{task_name}]", tags)
+        log_baseline(tracking, out["mlflow_run_id"], baseline)
     checkpoint = str(out["checkpoint"]) if out.get("checkpoint") else None
     return {
         "task": task_name,
+        "kind": kind,
         "status": "completed",
         "metrics": dict(out["metrics"]),
+        "baseline": baseline,
+        "init_checkpoint": init,
         "mlflow_run_id": out.get("mlflow_run_id"),
         "checkpoint": checkpoint,
         "files": [checkpoint] if checkpoint else [],
-        "key": finetune_key_of(task_name, config, pretrained, run_dir),
+        "key": finetune_key_of(task_name, config, pretrained, run_dir, kind),
     }

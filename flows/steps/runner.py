@@ -1,8 +1,8 @@
 """Calling the steps: which run (`--only`, `--from`), which ignore their cache (`--force`), what each ended as.
 
-Steps are named `ingest[<source>]`, `preprocess`, `pretrain`, `itc`, `zeroshot[<unit>]`, `finetune[<task>]` and
-`report`. On the command line a step is named by its kind (`finetune`: every benchmark) or one instance
-(`finetune:vqav2`).
+Steps are named `ingest[<source>]`, `preprocess`, `pretrain`, `itc`, `zeroshot[<unit>]`, `finetune[<task>]`,
+`finetune-scratch[<task>]` (with `compare_scratch`) and `report`. On the command line a step is named by its kind
+(`finetune`: every benchmark) or one instance (`finetune:vqav2`).
 
 The ledger `<run_dir>/.state/steps.json` keeps, per step, its last state, cache key and (small) output. A step
 that is not selected is not called at all; its last output from the ledger feeds the steps after it, if the files
@@ -26,7 +26,7 @@ from flows.settings import state_dir
 from flows.steps.cache import checked_key, missing_files
 from flows.steps.config import Execution
 
-STEPS = ("ingest", "preprocess", "pretrain", "itc", "zeroshot", "finetune", "report")
+STEPS = ("ingest", "preprocess", "pretrain", "itc", "zeroshot", "finetune", "finetune-scratch", "report")
 LEDGER_FILE = "steps.json"
 
 

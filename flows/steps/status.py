@@ -16,7 +16,7 @@ from flows.steps.config import (
     resolve_pretrain,
     zeroshot_config,
 )
-from flows.steps.finetune import finetune_key_of
+from flows.steps.finetune import PRETRAINED, SCRATCH, finetune_key_of
 from flows.steps.ingest import ingest_key_of, source_fingerprints
 from flows.steps.itc import itc_key_of
 from flows.steps.keys import digest
@@ -87,15 +87,14 @@ def pipeline_status(config_path: str | Path) -> list[StepStatus]:
     benchmarks, any_stale = _itc_and_zeroshot_status(
         cfg, pre_cfg, settings, ledger, check, dataset, pretrained, upstream
     )
-    for b in cfg.benchmarks:
-        label = f"finetune[{b.task}]"
-        key = (
-            None
-            if upstream
-            else finetune_key_of(b.task, benchmark_config(b, cfg, pre_cfg), pretrained, str(cfg.run_dir))
-        )
+    kinds = [PRETRAINED, SCRATCH] if cfg.compare_scratch else [PRETRAINED]
+    for kind, b in ((kind, b) for kind in kinds for b in cfg.benchmarks):
+        label = f"{kind}[{b.task}]"
+        config = benchmark_config(b, cfg, pre_cfg)
+        key = None if upstream else finetune_key_of(b.task, config, pretrained, str(cfg.run_dir), kind)
         any_stale |= check(label, key, upstream)
-        benchmarks.append((ledger.get(label) or {}).get("output") or {"task": b.task, "status": "never run"})
+        never_run = {"task": b.task, "kind": kind, "status": "never run"}
+        benchmarks.append((ledger.get(label) or {}).get("output") or never_run)
     upstream = upstream or ("finetune or zeroshot" if any_stale else None)
     key = None if upstream else report_key_of(str(cfg.run_dir), dataset, pretrained, benchmarks)
     check("report", key, upstream)

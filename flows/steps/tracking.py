@@ -11,6 +11,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from flows.steps.keys import REPO_ROOT
+from flows.steps.results_table import flat_unit_metrics
 
 PARENT_TAG = "mlflow.parentRunId"
 
@@ -105,7 +106,8 @@ def finish_parent_run(
     results_file: Path | None,
     tags: dict[str, str],
 ) -> None:
-    """Log the step states, the benchmark metrics (`<task>/<metric>`) and results.json; close the parent run."""
+    """Log the step states, the benchmark metrics (`<task>/<metric>`, with `<task>/baseline_<metric>`,
+    `<task>/baseline_<metric>_stderr` and `<task>/scratch_<metric>`) and results.json; close the parent run."""
     from mlflow.entities import Metric, RunTag
 
     client = tracking.client()
@@ -117,7 +119,7 @@ def finish_parent_run(
             run_tags.append(RunTag(f"beit3.run.{_tag_safe(label)}", step["mlflow_run_id"]))
     metrics = []
     for task, entry in ((results or {}).get("benchmarks") or {}).items():
-        metrics += [Metric(f"{task}/{k}", float(v), 0, 0) for k, v in _numbers(entry.get("metrics") or {}).items()]
+        metrics += [Metric(f"{task}/{k}", float(v), 0, 0) for k, v in _numbers(flat_unit_metrics(entry)).items()]
     pretrain = (results or {}).get("pretrain") or {}
     metrics += [Metric(f"pretrain/{k}", float(v), 0, 0) for k, v in _numbers(pretrain.get("metrics") or {}).items()]
     client.log_batch(run_id, metrics=metrics, tags=run_tags)

@@ -41,6 +41,8 @@ def ray_local():
 def fake_finetune():
     """A fast stand-in for `evaluation.finetune` that records its calls, so the DAG tests can count reruns per
     benchmark; real fine-tuning on Ray Train is covered by tests/integration/test_finetune_ray.py."""
+    # The fine-tuning config parser stays importable under the stand-in (the step reads the unit's data section).
+    importlib.import_module("evaluation.finetune.config")
     spec = importlib.util.spec_from_file_location("evaluation.finetune", Path(__file__).with_name("fake_finetune.py"))
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
@@ -60,7 +62,12 @@ PRETRAIN_OVERRIDES = micro_pretrain_overrides(loader_workers=0, warmup_steps=2) 
 
 
 def write_pipeline_config(
-    folder: Path, preprocess: Path, benchmarks: list, name: str = "pipeline.yaml", storage: str | None = None
+    folder: Path,
+    preprocess: Path,
+    benchmarks: list,
+    name: str = "pipeline.yaml",
+    storage: str | None = None,
+    extra: dict | None = None,
 ) -> Path:
     """A pipeline YAML over a tiny preprocessing config; no I/O retry delay so failures report at once."""
     import yaml
@@ -74,6 +81,7 @@ def write_pipeline_config(
     }
     if storage:
         config["storage"] = storage
+    config |= extra or {}
     path = folder / name
     path.write_text(yaml.safe_dump(config, sort_keys=False))
     return path

@@ -82,12 +82,19 @@ def test_first_run_tunes_and_evaluates_zero_shot(first_run, prefect_states):
     results = json.loads((Path(first_run["run_dir"]) / "results.json").read_text())
     metrics = results["benchmarks"][UNIT]["metrics"]
     assert metrics["num_images"] == 3 and metrics["img_size"] == 224 and 0 <= metrics["tr_r1"] <= 100
+    # Its trivial baseline: a random ranking of the same three images, one caption each -> R@1 = 1/3.
+    baseline = results["benchmarks"][UNIT]["baseline"]
+    assert [baseline["metrics"][m] for m in ("tr_r1", "ir_r1")] == pytest.approx([100 / 3, 100 / 3])
+    assert baseline["stderr"]["ir_r1"] == pytest.approx(100 * (1 / 3 * 2 / 3 / 3) ** 0.5)
+    margin = results["benchmarks"][UNIT]["margin"]["tr_r1"]
+    assert margin == pytest.approx((metrics["tr_r1"] - 100 / 3) / baseline["stderr"]["tr_r1"])
     itc_dir = Path(first_run["run_dir"]) / "itc"
     (released,) = itc_dir.glob("itc-*/final/model_released_layout.pth")
     uri = f"sqlite:///{Path(first_run['run_dir']) / '.state' / 'mlflow.db'}"
     client = mlflow.MlflowClient(tracking_uri=uri)
     parent = client.get_run(first_run["mlflow_run_id"])
     assert parent.data.metrics[f"{UNIT}/tr_r1"] == metrics["tr_r1"]
+    assert parent.data.metrics[f"{UNIT}/baseline_ir_r1"] == pytest.approx(100 / 3)
     children = client.search_runs(
         [parent.info.experiment_id], filter_string=f"tags.mlflow.parentRunId = '{parent.info.run_id}'"
     )

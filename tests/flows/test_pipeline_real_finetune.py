@@ -2,7 +2,9 @@
 
 One benchmark (ImageNet-style classification on a miniature benchmark) fine-tunes the micro model that the DAG
 pretrains, so the whole chain raw files -> shards -> MDM checkpoint -> fine-tuned task checkpoint -> results
-runs as users run it. The caching and rerun behaviour of the DAG is covered in test_pipeline.py.
+runs as users run it; with `compare_scratch` the same fine-tune also runs from random initialisation, and the
+unit's trivial baseline stands beside both. The caching and rerun behaviour of the DAG is covered in
+test_pipeline.py.
 """
 
 import json
@@ -17,6 +19,7 @@ from support.raw_data import build_raw_dataset, tiny_preprocess_config
 from beit3_core.checkpoint import read_checkpoint_metadata
 from evaluation.finetune.weights import load_task_checkpoint
 from evaluation.miniature import build_miniature_benchmarks
+from flows.steps.tracking import PARENT_TAG as PARENT
 
 pytestmark = pytest.mark.slow
 
@@ -40,13 +43,15 @@ def real_run(tmp_path_factory, pipeline_config_writer, prefect_server, ray_local
         "optim": {"lr": 2e-3, "warmup_epochs": 0.5},
         "run": {"epochs": 1, "num_workers": 1, "log_every": 2},
     }
-    config = pipeline_config_writer(root, preprocess, [{"task": "imagenet", "overrides": overrides}])
-    return beit3_pipeline(str(config))
+    benchmarks = [{"task": "imagenet", "overrides": overrides}]
+    config = pipeline_config_writer(root, preprocess, benchmarks, extra={"compare_scratch": True})
+    return beit3_pipeline(str(config)) | {"imagenet_root": str(imagenet["root"])}
 
 
 def test_the_dag_fine_tunes_the_checkpoint_it_pretrained(real_run, prefect_states):
     states = prefect_states(real_run["flow_run_id"])
     assert states["pretrain"] == states["finetune[imagenet]"] == states["report"] == "Completed"
+    assert states["finetune-scratch[imagenet]"] == "Completed"
     results = json.loads((Path(real_run["run_dir"]) / "results.json").read_text())
     entry = results["benchmarks"]["imagenet"]
     assert entry["status"] == "completed"
@@ -71,3 +76,57 @@ def test_the_fine_tune_is_a_nested_mlflow_run_with_its_metrics(real_run):
     assert finetune.data.metrics["eval_acc1"] == pytest.approx(metrics["acc1"])
     assert finetune.data.tags["beit3.pretrain_run"] == real_run["results"]["pretrain"]["mlflow_run_id"]
     assert parent.data.metrics["imagenet/acc1"] == pytest.approx(metrics["acc1"])
+
+
+def _expected_imagenet_baseline(root: Path) -> tuple[float, int]:
+    """Majority class of train/ scored on val/, or chance when larger; counted from the folders here."""
+    train = {c.name: len(list(c.iterdir())) for c in (root / "train").iterdir() if c.is_dir()}
+    val = {c.name: len(list(c.iterdir())) for c in (root / "val").iterdir() if c.is_dir()}
+    majority = min(train, key=lambda c: (-train[c], c))
+    num_val = sum(val.values())
+    return max(100.0 * val.get(majority, 0) / num_val, 100.0 / len(train)), num_val
+
+
+def test_scratch_run_starts_from_random_weights_and_stands_beside_the_baseline(real_run, capsys):
+    from beit3_core.checkpoint import read_state_dict
+    from flows.cli import main
+
+    run_dir = Path(real_run["run_dir"])
+    results = json.loads((run_dir / "results.json").read_text())
+    entry = results["benchmarks"]["imagenet"]
+    scratch = entry["scratch"]
+    assert scratch["status"] == "completed" and 0 <= scratch["metrics"]["acc1"] <= 100
+    assert scratch["checkpoint"] != entry["checkpoint"] and Path(scratch["checkpoint"]).is_file()
+
+    # The scratch run's initial backbone: the pretrained architecture, other weights.
+    init = run_dir / "finetune-scratch" / "imagenet" / "random_init.safetensors"
+    pretrained_path = results["pretrain"]["checkpoint"]
+    assert read_checkpoint_metadata(init)["config"] == read_checkpoint_metadata(pretrained_path)["config"]
+    random_init, pretrained = read_state_dict(init), read_state_dict(pretrained_path)
+    shared = [k for k in random_init if k in pretrained and random_init[k].ndim == 2]
+    assert len(shared) > 10
+    assert all(not random_init[k].equal(pretrained[k]) for k in shared)
+
+    # The baseline: the miniature's majority training class (or chance), on the split the model is scored on.
+    expected, num_val = _expected_imagenet_baseline(Path(real_run["imagenet_root"]))
+    baseline = entry["baseline"]
+    assert baseline["metrics"]["acc1"] == pytest.approx(expected) and baseline["num_items"] == num_val
+    p = expected / 100
+    assert baseline["stderr"]["acc1"] == pytest.approx(100 * (p * (1 - p) / num_val) ** 0.5)
+    se = baseline["stderr"]["acc1"]
+    assert entry["margin"]["acc1"] == pytest.approx((entry["metrics"]["acc1"] - expected) / se)
+    assert scratch["margin"]["acc1"] == pytest.approx((scratch["metrics"]["acc1"] - expected) / se)
+
+    client = mlflow.MlflowClient(tracking_uri=f"sqlite:///{run_dir / '.state' / 'mlflow.db'}")
+    parent = client.get_run(real_run["mlflow_run_id"])
+    assert parent.data.metrics["imagenet/scratch_acc1"] == pytest.approx(scratch["metrics"]["acc1"])
+    assert parent.data.metrics["imagenet/baseline_acc1_stderr"] == pytest.approx(se)
+    for run_id, kind in ((entry["mlflow_run_id"], "finetune"), (scratch["mlflow_run_id"], "finetune-scratch")):
+        run = client.get_run(run_id)
+        assert run.data.tags["beit3.init"] == kind and run.data.tags[PARENT] == parent.info.run_id
+        assert run.data.metrics["baseline_acc1"] == pytest.approx(expected)
+
+    assert main(["report", str(run_dir / "results.json")]) == 0
+    out = capsys.readouterr().out
+    assert "scratch" in out and "baseline +- stderr" in out and f"{expected:.2f} +- {se:.2f}" in out
+    assert "pretrain (MDM)" in out

@@ -87,3 +87,48 @@ def test_report_rows_and_cli_show_missing_units_and_the_published_numbers(tmp_pa
     out = capsys.readouterr().out
     assert "giant (paper)" in out and "base (release)" in out and "94.90" in out and "12.50" in out
     assert "missing" in out
+
+
+def test_rows_put_each_metric_beside_its_baseline_scratch_run_and_margin(tmp_path, capsys):
+    from flows.cli import main
+    from flows.steps.report import _table
+
+    baseline = {"metrics": {"CIDEr": 0.1}, "stderr": {"CIDEr": 0.02}, "predictor": "constant caption"}
+    benchmarks = [
+        {
+            "task": "coco_captioning",
+            "kind": "finetune-scratch",
+            "status": "completed",
+            "metrics": {"CIDEr": 0.14},
+            "baseline": baseline,
+        },
+        {
+            "task": "coco_captioning",
+            "kind": "finetune",
+            "status": "completed",
+            "metrics": {"CIDEr": 0.3},
+            "baseline": baseline,
+        },
+        {"task": "nlvr2", "kind": "finetune", "status": "completed", "metrics": {"accuracy": 55.0}},
+    ]
+    pretrained = {
+        "run_name": "p",
+        "mlflow_run_id": "r",
+        "checkpoint": "c",
+        "metrics": {"final_accuracy_text": 0.08, "final_baseline_text": 0.04, "loss": 3.0},
+    }
+    table = _table(pretrained, benchmarks)
+    entry = table["benchmarks"]["coco_captioning"]
+    # (0.3 - 0.1) / 0.02 = 10 standard errors; scratch (0.14 - 0.1) / 0.02 = 2.
+    assert entry["margin"]["CIDEr"] == pytest.approx(10.0)
+    assert entry["scratch"]["metrics"]["CIDEr"] == 0.14 and entry["scratch"]["margin"]["CIDEr"] == pytest.approx(2.0)
+    assert "baseline" not in table["benchmarks"]["nlvr2"] and "margin" not in table["benchmarks"]["nlvr2"]
+
+    results = tmp_path / "results.json"
+    results.write_text(json.dumps(table))
+    assert main(["report", str(results)]) == 0
+    out = capsys.readouterr().out
+    # CIDEr in the published x100 scale: ours 30.00, scratch 14.00, baseline 10.00 +- 2.00.
+    assert "30.00" in out and "14.00" in out and "10.00 +- 2.00" in out and "10.0 se" in out and "2.0 se" in out
+    # MDM: 8% masked-token accuracy against the 4% most-frequent-token baseline, 2x.
+    assert "pretrain (MDM)" in out and "masked acc text" in out and "2.00x" in out
