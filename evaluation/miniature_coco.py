@@ -55,12 +55,15 @@ def build_coco_instances_miniature(
     size: tuple[int, int] = (96, 128),
     stamps_root: str | Path = TUXPAINT_STAMPS,
     categories: Sequence[str] = CATEGORIES,
+    num_objects: tuple[int, int] = (1, 4),
+    scale: tuple[float, float] = (0.35, 0.8),
     force: bool = False,
 ) -> dict[str, Any]:
     """Writes (or reuses) `out_root/coco_instances`; returns `{"root", "built", "counts"}`."""
     root = Path(out_root) / "coco_instances"
     params = {"version": VERSION, "seed": seed, "num_train": num_train, "num_val": num_val, "size": list(size)}
     params |= {"categories": list(categories), "crowd_every": CROWD_EVERY}
+    params |= {"num_objects": list(num_objects), "scale": list(scale)}
     previous = reuse_or_reset(root, params, force)
     if previous is not None:
         return previous
@@ -69,7 +72,8 @@ def build_coco_instances_miniature(
     counts: dict[str, Any] = {}
     for split, number, offset in (("train", num_train, 0), ("val", num_val, 1)):
         # Seeds differ from the ADE20K miniature's (seed * 2 + offset) so the two sets hold other scenes.
-        scenes = compose_scenes(number, stamps[split], backgrounds, 1000 + seed * 2 + offset, size=size)
+        layout = dict(size=size, num_objects=num_objects, scale=scale)
+        scenes = compose_scenes(number, stamps[split], backgrounds, 1000 + seed * 2 + offset, **layout)
         data, counts[split] = write_instances(scenes, root, split, categories)
         counts[split]["stamps"] = len(stamps[split])
     counts["backgrounds"] = [name for name, _ in backgrounds]
