@@ -55,7 +55,7 @@ def test_finetune_evaluate_and_score(tmp_path, ray_local, capsys):
     for key in ("loss", "decode_loss", "aux_loss", "pixel_acc"):
         history = client.get_metric_history(run.info.run_id, key)
         assert history and all(np.isfinite(m.value) for m in history)
-    assert json.loads(run.data.params["head_options"])["num_classes"] == 7
+    assert json.loads(run.data.params["head_options"])["num_classes"] == 4
     assert [a.path for a in client.list_artifacts(run.info.run_id, "submission")] == [
         "submission/ade20k_val_submission.zip"
     ]
@@ -80,9 +80,9 @@ def test_finetune_evaluate_and_score(tmp_path, ray_local, capsys):
     # The trivial predictor on the same split: the majority class of the training pixels everywhere.
     task = get_task("ade20k")
     train, val = (task.dataset(split, root, None, 32, **OPTIONS) for split in ("train", "val"))
-    counts = sum(np.bincount(train.label(s)[train.label(s) != 255], minlength=7) for s, _, _ in train.items)
+    counts = sum(np.bincount(train.label(s)[train.label(s) != 255], minlength=4) for s, _, _ in train.items)
     majority = int(np.argmax(counts))
-    conf = sum(confusion_matrix(np.full_like(val.label(s), majority), val.label(s), 7) for s, _, _ in val.items)
+    conf = sum(confusion_matrix(np.full_like(val.label(s), majority), val.label(s), 4) for s, _, _ in val.items)
     trivial = segmentation_metrics(conf)
     assert majority == 0  # the background photo covers most pixels
     assert trivial["mIoU"] == pytest.approx(trivial["aAcc"] / np.count_nonzero(conf.sum(axis=1)))

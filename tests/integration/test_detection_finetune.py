@@ -57,7 +57,7 @@ def test_finetune_evaluate_and_score(tmp_path, ray_local, capsys):
     for key in ("loss", "loss_rpn_cls", "loss_rpn_loc", "loss_cls", "loss_box_reg", "loss_mask"):
         history = client.get_metric_history(run.info.run_id, key)
         assert history and all(torch.isfinite(torch.tensor(m.value)) for m in history)
-    assert json.loads(run.data.params["head_options"])["num_classes"] == 6
+    assert json.loads(run.data.params["head_options"])["num_classes"] == 3
 
     # The submission is an official result file: `beit3 score` reproduces the run's numbers from it.
     annotations = root / "annotations" / "instances_val2017.json"
