@@ -406,11 +406,18 @@ def _build_vqa(coco: Path, dest: Path, rng: random.Random) -> dict[str, int]:
     vocabulary = sorted({noun for noun in nouns.values() if noun})
     questions: dict[str, list] = {"train2014": [], "val2014": []}
     annotations: dict[str, list] = {"train2014": [], "val2014": []}
-    for image in images:
-        noun, image_id, subtype = nouns[image["cocoid"]], image["cocoid"], image["filepath"]
-        if not noun:
-            continue
-        shutil.copyfile(coco / subtype / image["filename"], _mkparent(dest / subtype / image["filename"]))
+    # A seeded half of the images with a noun goes to val2014, whatever their Karpathy split: the Karpathy test
+    # images are held-out stamps whose captions no other stamp has, so their nouns would mostly be answers the
+    # model never trains on.
+    answerable = [image for image in images if nouns[image["cocoid"]]]
+    order = list(range(len(answerable)))
+    rng.shuffle(order)
+    val_positions = set(order[: len(answerable) // 2])
+    for position, image in enumerate(answerable):
+        noun, image_id = nouns[image["cocoid"]], image["cocoid"]
+        subtype = "val2014" if position in val_positions else "train2014"
+        source = coco / image["filepath"] / image["filename"]
+        shutil.copyfile(source, _mkparent(dest / subtype / f"COCO_{subtype}_{image_id:012d}.jpg"))
         other = rng.choice([n for n in vocabulary if n != noun] or [noun])
         article = "an" if noun[0] in "aeiou" else "a"
         qas = [

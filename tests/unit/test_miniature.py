@@ -18,7 +18,9 @@ from evaluation.tasks import TASKS, get_task
 
 NOUNS = ["frog", "ostrich", "hen", "heron", "lark", "duck", "crow", "apple", "tree", "boat", "kite", "cake"]
 REAL_DEMO = Path(__file__).resolve().parents[2] / "data" / "demo"
-SIZES = dict(num_caption_images=24, num_test_images=4, num_nocaps_images=10, images_per_class=5, num_nlvr2_sets=(6, 3, 3))
+SIZES = dict(
+    num_caption_images=24, num_test_images=4, num_nocaps_images=10, images_per_class=5, num_nlvr2_sets=(6, 3, 3)
+)
 
 
 def _png(color, mode="RGB", size=(40, 30)) -> bytes:
