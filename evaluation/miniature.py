@@ -10,7 +10,7 @@ the same code paths as the real benchmarks:
   + `val/`, `nocaps_test_image_info.json` + `test/`, from Tux Paint stamps and captions.
 - `flickr30k/`: Karpathy `dataset_flickr30k.json` + `flickr30k-images/`, from the emoji and their names.
 - `vqav2/`: `v2_OpenEnded_mscoco_{train2014,val2014}_questions.json`, `v2_mscoco_*_annotations.json` and COCO
-  image names, from templates over the Tux Paint captions.
+  image names, from templates over the Tux Paint captions (a seeded half of the captioned stamps in val2014).
 - `nlvr2/`: `nlvr2/data/{train,dev,test1}.json`, `images/train/<dir>/`, `dev/`, `test1/`, from templates over
   Fashion-MNIST pairs.
 

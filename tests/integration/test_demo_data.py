@@ -95,7 +95,9 @@ def test_rebuild_is_skipped_or_replaces_the_old_corpus(tmp_path: Path) -> None:
     assert not again["built"] and again["counts"] == EXPECTED_COUNTS
     assert _files(tmp_path) == before  # nothing rewritten
 
-    fewer = DemoLimits(max_stamps=4, stamps_per_tar=5, num_emoji=0, fashion_per_class=1, text_per_collection=0)
+    fewer = DemoLimits(
+        max_stamps=4, stamps_per_tar=5, num_emoji=0, fashion_per_class=1, text_per_collection=0, holdout_every=6
+    )
     rebuilt = build_demo_corpus(tmp_path, fewer, PACKAGES)
     assert rebuilt["built"] and rebuilt["counts"] == {"tuxpaint": 4, "fashion_mnist": 10}
     assert sorted(p.name for p in tmp_path.iterdir()) == [
