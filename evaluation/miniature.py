@@ -364,8 +364,10 @@ def _unseen_captions(held: list[dict[str, Any]], corpus: list[dict[str, Any]]) -
     units' leakage check (`evaluation.leakage`, same fingerprint and thresholds) fail."""
     seen = {normalise_caption(item["caption"]) for item in corpus}
     held = [item for item in held if normalise_caption(item["caption"]) not in seen]
+    if not held:
+        return held
     corpus_prints = [fp for fp in (image_fingerprint(_item_jpeg(item)) for item in corpus) if fp is not None]
-    if not corpus_prints or not held:
+    if not corpus_prints:
         return held
     thumbs = np.stack([thumb for thumb, _ in corpus_prints])  # [N, 16, 16, 3]
     aspects = np.array([aspect for _, aspect in corpus_prints])
