@@ -10,7 +10,7 @@ the same code paths as the real benchmarks:
   + `val/`, `nocaps_test_image_info.json` + `test/`, from Tux Paint stamps and captions.
 - `flickr30k/`: Karpathy `dataset_flickr30k.json` + `flickr30k-images/`, from the emoji and their names.
 - `vqav2/`: `v2_OpenEnded_mscoco_{train2014,val2014}_questions.json`, `v2_mscoco_*_annotations.json` and COCO
-  image names, from templates over the Tux Paint captions.
+  image names, from templates over the Tux Paint captions (a seeded half of the captioned stamps in val2014).
 - `nlvr2/`: `nlvr2/data/{train,dev,test1}.json`, `images/train/<dir>/`, `dev/`, `test1/`, from templates over
   Fashion-MNIST pairs.
 
@@ -40,14 +40,15 @@ from collections import defaultdict
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 from PIL import Image
 
-from evaluation.leakage import normalise_caption
+from evaluation.leakage import MAX_ASPECT_DIFFERENCE, MAX_MEAN_DIFFERENCE, image_fingerprint, normalise_caption
 
 logger = logging.getLogger(__name__)
 
 MANIFEST = "miniature_manifest.json"
-VERSION = 3
+VERSION = 5
 HELDOUT = "heldout"  # preprocessing.demo_data.HELDOUT
 TASK_FOLDERS = ("imagenet", "coco", "flickr30k", "vqav2", "nlvr2")
 _ARTICLES = ("a", "an", "the")
@@ -59,10 +60,11 @@ def build_miniature_benchmarks(
     out_root: str | Path,
     seed: int = 0,
     *,
-    num_caption_images: int = 240,
+    num_caption_images: int = 500,
+    num_test_images: int | None = 200,
     num_nocaps_images: int = 30,
-    images_per_class: int = 30,
-    num_nlvr2_sets: tuple[int, int, int] = (100, 30, 30),
+    images_per_class: int = 100,
+    num_nlvr2_sets: tuple[int, int, int] = (300, 30, 100),
     force: bool = False,
 ) -> dict[str, Any]:
     """Builds (or reuses) the miniature benchmarks under `out_root`.
@@ -72,9 +74,13 @@ def build_miniature_benchmarks(
         out_root: Output folder; only the `TASK_FOLDERS` and the manifest inside it are written.
         seed: Seed of every random choice.
         num_caption_images: Tux Paint stamps in the COCO-style Karpathy file (and emoji in the Flickr one).
+        num_test_images: Karpathy test images of both (then val and restval take 1/12 each); None = 1/6, as
+            val. The demo's 200 (of 500) give test sets whose chance-level standard errors are small next to
+            what a fine-tuned tiny model reaches; fewer held-out items than that are used as they are.
         num_nocaps_images: Further stamps for the NoCaps-style files (4/5 val, 1/5 test).
         images_per_class: Fashion-MNIST images per class in the ImageNet-style folders (1/5 go to val).
-        num_nlvr2_sets: Sentence sets (two image pairs each) for train, dev and test1.
+        num_nlvr2_sets: Sentence sets (two image pairs each) for train, dev and test1; test1 draws its images
+            from 1/5 of each class's files that train and dev never use.
         force: Rebuild even when the manifest matches.
 
     Returns:
@@ -86,6 +92,7 @@ def build_miniature_benchmarks(
         "version": VERSION,
         "seed": seed,
         "num_caption_images": num_caption_images,
+        "num_test_images": num_test_images,
         "num_nocaps_images": num_nocaps_images,
         "images_per_class": images_per_class,
         "num_nlvr2_sets": list(num_nlvr2_sets),
@@ -103,16 +110,24 @@ def build_miniature_benchmarks(
     rng = random.Random(seed)
     stamps = _read_tuxpaint(demo_root / "tuxpaint")
     rng.shuffle(stamps)
-    held_stamps = _unseen_captions(_read_tuxpaint(demo_root / HELDOUT / "tuxpaint"), stamps)
+    # The emoji pairs are pretraining pairs too ("Teddy bear." is a stamp's caption and an emoji's name).
+    emoji = _emoji_rows(demo_root / "emoji", random.Random(seed))
+    held_stamps = _unseen_captions(_read_tuxpaint(demo_root / HELDOUT / "tuxpaint"), stamps + emoji)
     rng.shuffle(held_stamps)
-    coco_stamps, held = _test_first(stamps, held_stamps, num_caption_images)
-    used = len(coco_stamps) - (_num_test(num_caption_images) if held else 0)
+    # Without an explicit test size: 1/6 test and 1/6 val, test images held out only when enough are.
+    legacy = num_test_images is None
+    num_test = _num_test(num_caption_images) if legacy else num_test_images
+    num_val = num_test if legacy else max(2, num_caption_images // 12)
+    coco_stamps, coco_test, coco_held = _test_first(stamps, held_stamps, num_caption_images, num_test, legacy)
+    used = len(coco_stamps) - (coco_test if coco_held else 0)
     nocaps_stamps = stamps[used : used + num_nocaps_images]
     summary = {
         "imagenet": _build_imagenet(demo_root / "fashion_mnist", out_root / "imagenet", images_per_class, rng),
-        "coco": _build_coco(coco_stamps, out_root / "coco", held),
+        "coco": _build_coco(coco_stamps, out_root / "coco", (coco_test, num_val), coco_held),
         "nocaps": _build_nocaps(nocaps_stamps, out_root / "coco"),
-        "flickr30k": _build_flickr(demo_root, out_root / "flickr30k", num_caption_images, rng),
+        "flickr30k": _build_flickr(
+            demo_root, out_root / "flickr30k", num_caption_images, (num_test, num_val), legacy, rng
+        ),
         "vqav2": _build_vqa(out_root / "coco", out_root / "vqav2", rng),
         "nlvr2": _build_nlvr2(demo_root / "fashion_mnist", out_root / "nlvr2", num_nlvr2_sets, rng),
     }
@@ -245,19 +260,24 @@ def _num_test(num_images: int) -> int:
     return max(2, num_images // 6)
 
 
-def _test_first(corpus: list, held: list, num_images: int) -> tuple[list, bool]:
-    """Items for `num_images` Karpathy positions, the test positions (first) filled from `held` when it has
-    enough; (items, whether the test images are held out)."""
-    num_test = _num_test(num_images)
-    if len(held) >= num_test:
-        return held[:num_test] + corpus[: num_images - num_test], True
+def _test_first(corpus: list, held: list, num_images: int, num_test: int, strict: bool) -> tuple[list, int, bool]:
+    """Items for `num_images` Karpathy positions, the test positions (first) filled from `held`:
+    (items, number of test positions, whether the test images are held out). With `strict`, `held` must fill
+    all `num_test` positions or the test images come from the corpus; otherwise the test split shrinks to the
+    held-out items there are (and comes from the corpus only when there are none)."""
+    if len(held) >= num_test or (held and not strict):
+        if len(held) < num_test:
+            logger.warning(
+                "%d held-out images for %d test positions: the test split has %d", len(held), num_test, len(held)
+            )
+        num_test = min(num_test, len(held))
+        return held[:num_test] + corpus[: num_images - num_test], num_test, True
     logger.warning("%d held-out images for %d test positions: test images come from the corpus", len(held), num_test)
-    return corpus[:num_images], False
+    return corpus[:num_images], num_test, False
 
 
-def _karpathy_splits(num_images: int) -> list[str]:
-    """Split per position: 1/6 test, 1/6 val, 1/12 restval, the rest train (each at least 2 when possible)."""
-    num_test = num_val = _num_test(num_images)
+def _karpathy_splits(num_images: int, num_test: int, num_val: int) -> list[str]:
+    """Split per position: `num_test` test, `num_val` val, 1/12 restval, the rest train."""
     num_restval = max(1, num_images // 12)
     splits = ["test"] * num_test + ["val"] * num_val + ["restval"] * num_restval
     return (splits + ["train"] * num_images)[:num_images]
@@ -267,9 +287,12 @@ def _sentence(raw: str, imgid: int, sentid: int) -> dict[str, Any]:
     return {"raw": raw, "tokens": _caption_tokens(raw), "imgid": imgid, "sentid": sentid}
 
 
-def _build_coco(stamps: list[dict[str, Any]], dest: Path, test_held_out: bool) -> dict[str, int]:
+def _build_coco(
+    stamps: list[dict[str, Any]], dest: Path, sizes: tuple[int, int], test_held_out: bool
+) -> dict[str, int]:
+    """Karpathy COCO file of `stamps`; `sizes` = (test, val) images."""
     images, counts = [], defaultdict(int)
-    for imgid, (stamp, split) in enumerate(zip(stamps, _karpathy_splits(len(stamps)), strict=True)):
+    for imgid, (stamp, split) in enumerate(zip(stamps, _karpathy_splits(len(stamps), *sizes), strict=True)):
         cocoid = imgid + 1
         filepath = "train2014" if split in ("train", "restval") else "val2014"
         filename = f"COCO_{filepath}_{cocoid:012d}.jpg"
@@ -336,18 +359,51 @@ def _emoji_rows(folder: Path, rng: random.Random) -> list[dict[str, Any]]:
 
 
 def _unseen_captions(held: list[dict[str, Any]], corpus: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    """The held-out items whose caption no corpus item has (several stamps share "A cow."): a test caption seen
-    in pretraining would make the zero-shot units' leakage check fail."""
+    """The held-out items whose caption no corpus item has (several stamps share "A cow.") and whose picture no
+    corpus item nearly repeats (some emoji and stamps differ only in a detail): either would make the zero-shot
+    units' leakage check (`evaluation.leakage`, same fingerprint and thresholds) fail."""
     seen = {normalise_caption(item["caption"]) for item in corpus}
-    return [item for item in held if normalise_caption(item["caption"]) not in seen]
+    held = [item for item in held if normalise_caption(item["caption"]) not in seen]
+    if not held:
+        return held
+    corpus_prints = [fp for fp in (image_fingerprint(_item_jpeg(item)) for item in corpus) if fp is not None]
+    if not corpus_prints:
+        return held
+    thumbs = np.stack([thumb for thumb, _ in corpus_prints])  # [N, 16, 16, 3]
+    aspects = np.array([aspect for _, aspect in corpus_prints])
+    unseen = []
+    for item in held:
+        fingerprint = image_fingerprint(_item_jpeg(item))
+        if fingerprint is not None:
+            thumb, aspect = fingerprint
+            same = np.abs(aspects / aspect - 1) <= MAX_ASPECT_DIFFERENCE
+            same &= np.abs(thumbs - thumb).mean(axis=(1, 2, 3)) < MAX_MEAN_DIFFERENCE
+            if same.any():
+                continue
+        unseen.append(item)
+    if len(unseen) < len(held):
+        logger.info(
+            "%d held-out images nearly repeat a corpus image: left out of the test split", len(held) - len(unseen)
+        )
+    return unseen
 
 
-def _build_flickr(demo_root: Path, dest: Path, num_images: int, rng: random.Random) -> dict[str, int]:
+def _item_jpeg(item: dict[str, Any]) -> bytes:
+    """The benchmark's JPEG of a stamp ({"png"}) or an emoji row ({"image": path})."""
+    return _jpeg(item["png"] if "png" in item else Path(item["image"]).read_bytes())
+
+
+def _build_flickr(
+    demo_root: Path, dest: Path, num_images: int, sizes: tuple[int, int], strict: bool, rng: random.Random
+) -> dict[str, int]:
+    """Karpathy Flickr30K file of emoji; `sizes` = (test, val) images as asked for (test shrinks to the
+    held-out emoji there are)."""
     corpus = _emoji_rows(demo_root / "emoji", rng)
     held = _unseen_captions(_emoji_rows(demo_root / HELDOUT / "emoji", rng), corpus)
-    rows, test_held_out = _test_first(corpus, held, num_images)
+    num_test, num_val = sizes
+    rows, num_test, test_held_out = _test_first(corpus, held, num_images, num_test, strict)
     images, counts = [], defaultdict(int)
-    for imgid, (row, split) in enumerate(zip(rows, _karpathy_splits(len(rows)), strict=True)):
+    for imgid, (row, split) in enumerate(zip(rows, _karpathy_splits(len(rows), num_test, num_val), strict=True)):
         filename = f"{1000000 + imgid}.jpg"
         _write_bytes(dest / "flickr30k-images" / filename, _jpeg(row["image"].read_bytes()))
         raw = f"An emoji of {row['caption']}."
@@ -381,11 +437,18 @@ def _build_vqa(coco: Path, dest: Path, rng: random.Random) -> dict[str, int]:
     vocabulary = sorted({noun for noun in nouns.values() if noun})
     questions: dict[str, list] = {"train2014": [], "val2014": []}
     annotations: dict[str, list] = {"train2014": [], "val2014": []}
-    for image in images:
-        noun, image_id, subtype = nouns[image["cocoid"]], image["cocoid"], image["filepath"]
-        if not noun:
-            continue
-        shutil.copyfile(coco / subtype / image["filename"], _mkparent(dest / subtype / image["filename"]))
+    # A seeded half of the images with a noun goes to val2014, whatever their Karpathy split: the Karpathy test
+    # images are held-out stamps whose captions no other stamp has, so their nouns would mostly be answers the
+    # model never trains on.
+    answerable = [image for image in images if nouns[image["cocoid"]]]
+    order = list(range(len(answerable)))
+    rng.shuffle(order)
+    val_positions = set(order[: len(answerable) // 2])
+    for position, image in enumerate(answerable):
+        noun, image_id = nouns[image["cocoid"]], image["cocoid"]
+        subtype = "val2014" if position in val_positions else "train2014"
+        source = coco / image["filepath"] / image["filename"]
+        shutil.copyfile(source, _mkparent(dest / subtype / f"COCO_{subtype}_{image_id:012d}.jpg"))
         other = rng.choice([n for n in vocabulary if n != noun] or [noun])
         article = "an" if noun[0] in "aeiou" else "a"
         qas = [
@@ -435,10 +498,17 @@ _NLVR2_TEMPLATES = (
 
 
 def _build_nlvr2(fashion: Path, dest: Path, num_sets: tuple[int, int, int], rng: random.Random) -> dict[str, int]:
-    by_class = {p.name: sorted(p.glob("*.png")) for p in sorted(fashion.iterdir()) if p.is_dir()}
-    classes = sorted(c for c, files in by_class.items() if files)
+    all_files = {p.name: sorted(p.glob("*.png")) for p in sorted(fashion.iterdir()) if p.is_dir()}
+    classes = sorted(c for c, files in all_files.items() if files)
+    # test1 pictures come from every 5th file of a class, train and dev never use those (a class with a single
+    # file shares it).
+    pools = {
+        "test1": {c: all_files[c][4::5] or all_files[c][-1:] for c in classes},
+        "train": {c: [f for i, f in enumerate(all_files[c]) if i % 5 != 4] or all_files[c] for c in classes},
+    }
     counts = {}
     for split, count in zip(("train", "dev", "test1"), num_sets, strict=True):
+        by_class = pools["test1" if split == "test1" else "train"]
         lines = []
         for set_id in range(count):
             template, truth = _NLVR2_TEMPLATES[set_id % len(_NLVR2_TEMPLATES)]

@@ -95,16 +95,22 @@ class DemoLimits:
     """Tux Paint stamps to pack; None takes all stamps with a PNG image (785 in 2022.06.04-1)."""
     stamps_per_tar: int = 250
     """Samples per webdataset tar (img2dataset writes 10,000; small tars give the demo several shards)."""
-    num_emoji: int = 300
-    """Emoji to render, out of ~1,280 single-code-point emoji the font draws."""
+    num_emoji: int = 900
+    """Emoji to render, out of ~1,280 single-code-point emoji the font draws (900: 300 held out, enough for a
+    200-image Flickr-style test split)."""
     fashion_per_class: int = 100
     """Fashion-MNIST training images per class (10 classes)."""
     fashion_size: int = 56
     """Side in pixels of the saved Fashion-MNIST images (28 px originals, bicubic upscaling)."""
-    text_per_collection: int = 5000
-    """Lines taken from each text collection (WordNet, Python docs, Shakespeare) and fortunes taken."""
-    holdout_every: int = 6
-    """Every n-th stamp and emoji goes to `heldout/` instead of the corpus (0 = none held out)."""
+    text_per_collection: int = 1500
+    """Lines taken from each text collection (WordNet, Python docs, Shakespeare) and fortunes taken. 1500 each
+    (6,000 texts): the demo pretraining (300 steps at 112 px) reads every text about six times and reaches a
+    masked-text accuracy of 1.48x its most-frequent-token baseline (0.067 vs 0.045); with 5000 each (about two
+    readings) 1.33x (0.052 vs 0.039)."""
+    holdout_every: int = 3
+    """Every n-th stamp and emoji goes to `heldout/` instead of the corpus (0 = none held out). 3 holds out 261
+    of the 785 stamps: after dropping those whose caption a corpus stamp shares, about 200 remain for the
+    COCO-style test split (every 6th left 130, hence 40-image test splits)."""
 
     def __post_init__(self) -> None:
         for spec_field in dataclasses.fields(self):

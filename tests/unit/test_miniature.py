@@ -4,6 +4,7 @@ deterministic and idempotent, and read back by the task adapters."""
 import hashlib
 import io
 import json
+import shutil
 import tarfile
 from pathlib import Path
 
@@ -17,7 +18,9 @@ from evaluation.tasks import TASKS, get_task
 
 NOUNS = ["frog", "ostrich", "hen", "heron", "lark", "duck", "crow", "apple", "tree", "boat", "kite", "cake"]
 REAL_DEMO = Path(__file__).resolve().parents[2] / "data" / "demo"
-SIZES = dict(num_caption_images=24, num_nocaps_images=10, images_per_class=5, num_nlvr2_sets=(6, 3, 3))
+SIZES = dict(
+    num_caption_images=24, num_test_images=4, num_nocaps_images=10, images_per_class=5, num_nlvr2_sets=(6, 3, 3)
+)
 
 
 def _png(color, mode="RGB", size=(40, 30)) -> bytes:
@@ -124,6 +127,38 @@ def test_deterministic_and_idempotent(demo, built, tmp_path):
     assert reseeded["built"] and _digest(reseeded["out_root"]) != before
 
 
+def test_nlvr2_test_images_are_not_training_images(built):
+    root = built["out_root"] / "nlvr2"
+    # Every fake Fashion-MNIST file has its own colour, so equal bytes mean the same source file.
+    test = {p.read_bytes() for p in (root / "test1").glob("*.png")}
+    train = {p.read_bytes() for p in (root / "images" / "train").rglob("*.png")}
+    dev = {p.read_bytes() for p in (root / "dev").glob("*.png")}
+    assert test and train and dev and not test & (train | dev)
+
+
+def test_test_split_takes_the_held_out_items_there_are(demo, tmp_path):
+    demo_copy = tmp_path / "demo"
+    shutil.copytree(demo, demo_copy)
+    held = demo_copy / "heldout" / "emoji"
+    (held / "images").mkdir(parents=True)
+    rows = []
+    for i in range(3):  # captions no corpus emoji has
+        (held / "images" / f"{0x1F400 + i:05x}.png").write_bytes(_png((200, i * 60, 10)))
+        rows.append({"image": f"images/{0x1F400 + i:05x}.png", "caption": f"held symbol {i}"})
+    (held / "pairs.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    sizes = SIZES | {"num_test_images": 5}
+    result = build_miniature_benchmarks(demo_copy, tmp_path / "mini", seed=3, **sizes)
+    flickr = json.loads((result["out_root"] / "flickr30k" / "dataset_flickr30k.json").read_text())
+    test = [i for i in flickr["images"] if i["split"] == "test"]
+    # 5 test positions asked for, 3 held-out emoji: the test split is those 3, the rest comes from the corpus.
+    assert flickr["info"]["test_held_out"] is True
+    assert sorted(i["sentences"][0]["raw"] for i in test) == [f"An emoji of held symbol {i}." for i in range(3)]
+    assert len(flickr["images"]) == 24 and result["tasks"]["flickr30k_retrieval"]["counts"]["val"] == 2
+    # The COCO-style file has no held-out stamps: its 5 test images come from the corpus.
+    coco = json.loads((result["out_root"] / "coco" / "dataset_coco.json").read_text())
+    assert coco["info"]["test_held_out"] is False and sum(i["split"] == "test" for i in coco["images"]) == 5
+
+
 def _read_back(tasks: dict, tokenizer) -> dict[str, int]:
     sizes = {}
     splits = {"imagenet": ("train", "val"), "nlvr2": ("train", "val", "test")}
@@ -153,5 +188,8 @@ def test_task_adapters_read_the_miniature(built, tokenizer):
 def test_real_demo_corpus(tmp_path, tokenizer):
     result = build_miniature_benchmarks(REAL_DEMO, tmp_path / "mini", seed=0)
     counts = {name: entry["counts"] for name, entry in result["tasks"].items()}
-    assert counts["coco_captioning"]["train"] >= 100 and counts["nlvr2"]["train"] == 200
+    assert counts["coco_captioning"]["train"] >= 100 and counts["nlvr2"]["train"] == 600
+    # The demo corpus holds enough held-out stamps and emoji for 200-image test splits.
+    assert counts["coco_retrieval"]["test"] == counts["flickr30k_retrieval"]["test"] == 200
+    assert counts["nlvr2"]["test1"] == 200 and counts["imagenet"]["val"] == 200
     _read_back(result["tasks"], tokenizer)
