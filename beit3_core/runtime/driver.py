@@ -29,7 +29,7 @@ LOCAL_CACHE = Path("runs/local")
 
 class DriverRun:
     """One run's name, storage, local folder and tracking URI; `open_tracking` opens (or, resuming, reopens) its
-    MLflow run; `fit` trains; `export` copies final files out of the last checkpoint."""
+    MLflow run; `fit` trains; `export` copies final files out of the last checkpoint; `upload` stores them."""
 
     def __init__(self, prefix: str, run: RunSettings, config_hash: str, resume: str | None = None):
         self.run, self.config_hash = run, config_hash
@@ -94,8 +94,8 @@ class DriverRun:
         return result
 
     def export(self, result, out_dir: Path, names: tuple[str, ...] = (MODEL_FILE,)) -> dict[str, Path]:
-        """Copy `names` of the final checkpoint into `out_dir` (each atomically) and, on remote storage, upload
-        them to `<run>/final/`."""
+        """Copy `names` of the final checkpoint into `out_dir`, each atomically (`upload` puts files beside the
+        run in its storage)."""
         out_dir.mkdir(parents=True, exist_ok=True)
         out = {}
         with result.checkpoint.as_directory() as folder:

@@ -31,13 +31,17 @@ def run(args: argparse.Namespace) -> int:
     from beit3_core.train.loop import PretrainKind
 
     run_dir = (args.run_dir or Path("runs") / f"demo-{datetime.now():%Y%m%d-%H%M%S}").resolve()
-    overrides = {
-        "data": {"shards": "synthetic", "num_workers": 0, "images_per_step": 4, "texts_per_step": 4},
-        "optim": {"lr": 1e-3, "warmup_steps": 10},
-        "run": {"steps": args.steps, "seed": args.seed, "num_workers": 1, "log_every": 25},
-    }
-    cfg = build_config("tiny_cpu", overrides | {"data": overrides["data"] | {"pairs_per_step": 4, "pack_texts": False}})
-    cfg.run.checkpoint_every = cfg.run.steps
+    # Generated batches read in the training process, one rank, one checkpoint at the end.
+    cfg = build_config(
+        "tiny_cpu",
+        {
+            "data": {"shards": "synthetic", "num_workers": 0, "pack_texts": False}
+            | {"images_per_step": 4, "texts_per_step": 4, "pairs_per_step": 4},
+            "optim": {"lr": 1e-3, "warmup_steps": 10},
+            "run": {"steps": args.steps, "seed": args.seed, "num_workers": 1, "log_every": 25}
+            | {"checkpoint_every": args.steps},
+        },
+    )
     model_config, data_info = resolve_model_config(cfg)
     history: list[dict] = []
     start = time.perf_counter()
