@@ -10,9 +10,10 @@ the same code paths as the real benchmarks:
   + `val/`, `nocaps_test_image_info.json` + `test/`, from Tux Paint stamps and captions.
 - `flickr30k/`: Karpathy `dataset_flickr30k.json` + `flickr30k-images/`, from the emoji and their names.
 - `vqav2/`: `v2_OpenEnded_mscoco_{train2014,val2014}_questions.json`, `v2_mscoco_*_annotations.json` and COCO
-  image names, from templates over the Tux Paint captions (a seeded half of the captioned stamps in val2014).
+  image names, from templates over the Tux Paint stamps: the stamp's kind, a yes/no question on a kind and the
+  object's colour (a seeded half of the captioned stamps in val2014).
 - `nlvr2/`: `nlvr2/data/{train,dev,test1}.json`, `images/train/<dir>/`, `dev/`, `test1/`, from templates over
-  Fashion-MNIST pairs.
+  Fashion-MNIST pairs, naming five kinds of item (tops, trousers, dresses, shoes, bags).
 
 The Karpathy test images of `coco/` and `flickr30k/` come from the demo corpus's `heldout/` stamps and emoji,
 which the demo pretraining corpus does not contain, so the zero-shot units (11, 12) evaluated on them are
@@ -48,10 +49,9 @@ from evaluation.leakage import MAX_ASPECT_DIFFERENCE, MAX_MEAN_DIFFERENCE, image
 logger = logging.getLogger(__name__)
 
 MANIFEST = "miniature_manifest.json"
-VERSION = 5
+VERSION = 6
 HELDOUT = "heldout"  # preprocessing.demo_data.HELDOUT
 TASK_FOLDERS = ("imagenet", "coco", "flickr30k", "vqav2", "nlvr2")
-_ARTICLES = ("a", "an", "the")
 _IMAGE_SIDE = 96  # long side of written JPEGs: small files, still larger than test models' inputs
 
 
@@ -204,17 +204,6 @@ def _jpeg(data: bytes) -> bytes:
 
 def _caption_tokens(caption: str) -> list[str]:
     return re.findall(r"[a-z0-9]+", caption.lower())
-
-
-def simple_noun(caption: str) -> str | None:
-    """The head noun of a short "A/An <adjectives> <noun>." caption ("A great blue heron." -> "heron")."""
-    text = re.sub(r"\(.*?\)", " ", caption).strip().rstrip(".!").strip()
-    words = text.lower().split()
-    if words and words[0] in _ARTICLES:
-        words = words[1:]
-    if not 1 <= len(words) <= 4 or not all(w.isalpha() for w in words):
-        return None
-    return words[-1]
 
 
 def _write_bytes(path: Path, data: bytes) -> None:
@@ -388,6 +377,20 @@ def _unseen_captions(held: list[dict[str, Any]], corpus: list[dict[str, Any]]) -
     return unseen
 
 
+def _familiar_first(held: list[dict[str, Any]], corpus: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """`held` reordered (stably) by the share of its caption's words that some corpus caption uses, highest
+    first. Emoji names are often single words ("ghost", "barber pole"); a test split of names made of words no
+    training name has would ask a few hundred training pairs for zero-shot naming. As in the real benchmarks, test
+    pictures and captions are new, their words mostly are not."""
+    vocabulary = {word for item in corpus for word in _caption_tokens(item["caption"])}
+
+    def familiarity(item: dict[str, Any]) -> float:
+        words = _caption_tokens(item["caption"])
+        return sum(word in vocabulary for word in words) / max(1, len(words))
+
+    return sorted(held, key=familiarity, reverse=True)
+
+
 def _item_jpeg(item: dict[str, Any]) -> bytes:
     """The benchmark's JPEG of a stamp ({"png"}) or an emoji row ({"image": path})."""
     return _jpeg(item["png"] if "png" in item else Path(item["image"]).read_bytes())
@@ -399,8 +402,10 @@ def _build_flickr(
     """Karpathy Flickr30K file of emoji; `sizes` = (test, val) images as asked for (test shrinks to the
     held-out emoji there are)."""
     corpus = _emoji_rows(demo_root / "emoji", rng)
-    held = _unseen_captions(_emoji_rows(demo_root / HELDOUT / "emoji", rng), corpus)
+    held = _familiar_first(_unseen_captions(_emoji_rows(demo_root / HELDOUT / "emoji", rng), corpus), corpus)
     num_test, num_val = sizes
+    # Every corpus emoji trains (or validates): a few hundred names are few enough already.
+    num_images = max(num_images, min(num_test, len(held)) + len(corpus))
     rows, num_test, test_held_out = _test_first(corpus, held, num_images, num_test, strict)
     images, counts = [], defaultdict(int)
     for imgid, (row, split) in enumerate(zip(rows, _karpathy_splits(len(rows), num_test, num_val), strict=True)):
@@ -431,30 +436,85 @@ def _answers(answer: str, variants: list[str]) -> list[dict[str, Any]]:
     return [{"answer": a, "answer_confidence": "yes", "answer_id": i + 1} for i, a in enumerate(raw)]
 
 
+# Stamp folders (the first part of a Tux Paint stamp path) as answers and as phrases in yes/no questions.
+_KINDS = {
+    "animals": ("animal", "an animal"),
+    "clothes": ("clothes", "clothing"),
+    "food": ("food", "food"),
+    "hobbies": ("hobby", "a hobby item"),
+    "household": ("household", "a household item"),
+    "medical": ("medical", "a medical item"),
+    "military": ("military", "a military item"),
+    "naturalforces": ("nature", "a force of nature"),
+    "people": ("person", "a person"),
+    "plants": ("plant", "a plant"),
+    "seasonal": ("seasonal", "a seasonal decoration"),
+    "space": ("space", "something from space"),
+    "sports": ("sports", "sports gear"),
+    "symbols": ("symbol", "a symbol"),
+    "town": ("town", "something from a town"),
+    "vehicles": ("vehicle", "a vehicle"),
+}
+# Basic colour names and their RGB anchors; a picture's colour is the anchor most of its object pixels are
+# nearest to (pixels close to the white canvas are background; see `dominant_colour`).
+_COLOURS = {
+    "red": (200, 30, 30),
+    "orange": (240, 140, 30),
+    "yellow": (240, 220, 50),
+    "green": (50, 160, 60),
+    "blue": (40, 90, 200),
+    "purple": (130, 60, 160),
+    "pink": (240, 150, 190),
+    "brown": (130, 80, 40),
+    "black": (25, 25, 25),
+    "gray": (128, 128, 128),
+    "white": (235, 235, 235),
+}
+
+
+def dominant_colour(jpeg: bytes) -> str:
+    """The basic colour name most of the picture's non-background pixels are nearest to."""
+    with Image.open(io.BytesIO(jpeg)) as image:
+        pixels = np.asarray(image.convert("RGB"), dtype=np.float32).reshape(-1, 3)  # (H*W, 3)
+    anchors = np.asarray(list(_COLOURS.values()), dtype=np.float32)  # (C, 3)
+    obj = pixels[pixels.min(axis=1) < 235]  # the canvas is pure white; JPEG noise stays above 235
+    if len(obj) < 0.02 * len(pixels):
+        return "white"
+    nearest = ((obj[:, None, :] - anchors[None]) ** 2).sum(-1).argmin(1)  # (N,)
+    counts = np.bincount(nearest, minlength=len(anchors))
+    # Stamps have dark outlines and shading: an object counts as black, gray or white only when chromatic pixels
+    # are rare.
+    chromatic = counts.copy()
+    chromatic[[list(_COLOURS).index(name) for name in ("black", "gray", "white")]] = 0
+    if chromatic.sum() >= 0.3 * counts.sum():
+        counts = chromatic
+    return list(_COLOURS)[int(counts.argmax())]
+
+
 def _build_vqa(coco: Path, dest: Path, rng: random.Random) -> dict[str, int]:
+    """Three questions per captioned stamp whose answers come from a closed set that train and val share, as
+    VQAv2's do: the stamp's kind (its Tux Paint folder), a yes/no question about a kind (half of them true) and
+    the colour of the object (`dominant_colour` of the very JPEG the model sees)."""
     images = json.loads((coco / "dataset_coco.json").read_text(encoding="utf-8"))["images"]
-    nouns = {image["cocoid"]: simple_noun(image["sentences"][0]["raw"]) for image in images}
-    vocabulary = sorted({noun for noun in nouns.values() if noun})
     questions: dict[str, list] = {"train2014": [], "val2014": []}
     annotations: dict[str, list] = {"train2014": [], "val2014": []}
-    # A seeded half of the images with a noun goes to val2014, whatever their Karpathy split: the Karpathy test
-    # images are held-out stamps whose captions no other stamp has, so their nouns would mostly be answers the
-    # model never trains on.
-    answerable = [image for image in images if nouns[image["cocoid"]]]
+    # A seeded half of the images goes to val2014, whatever their Karpathy split.
+    answerable = [image for image in images if image.get("stamp", "").split("/")[0] in _KINDS]
+    kinds = sorted({image["stamp"].split("/")[0] for image in answerable})
     order = list(range(len(answerable)))
     rng.shuffle(order)
     val_positions = set(order[: len(answerable) // 2])
     for position, image in enumerate(answerable):
-        noun, image_id = nouns[image["cocoid"]], image["cocoid"]
+        kind, image_id = image["stamp"].split("/")[0], image["cocoid"]
         subtype = "val2014" if position in val_positions else "train2014"
         source = coco / image["filepath"] / image["filename"]
-        shutil.copyfile(source, _mkparent(dest / subtype / f"COCO_{subtype}_{image_id:012d}.jpg"))
-        other = rng.choice([n for n in vocabulary if n != noun] or [noun])
-        article = "an" if noun[0] in "aeiou" else "a"
+        jpeg = source.read_bytes()
+        _write_bytes(_mkparent(dest / subtype / f"COCO_{subtype}_{image_id:012d}.jpg"), jpeg)
+        asked = kind if rng.random() < 0.5 else rng.choice([k for k in kinds if k != kind] or [kind])
         qas = [
-            ("What is shown in the picture?", "what is", "other", noun, [f"{article} {noun}"] * 3),
-            (f"Is this {article} {noun}?", "is this", "yes/no", "yes", ["Yes."]),
-            (f"Is this a {other}?", "is this", "yes/no", "no", []),
+            ("What kind of thing is this?", "what kind", "other", _KINDS[kind][0], []),
+            (f"Is this {_KINDS[asked][1]}?", "is this", "yes/no", "yes" if asked == kind else "no", []),
+            ("What color is it?", "what color", "other", dominant_colour(jpeg), []),
         ]
         for index, (question, question_type, answer_type, answer, variants) in enumerate(qas):
             question_id = image_id * 1000 + index  # the VQA convention
@@ -469,7 +529,7 @@ def _build_vqa(coco: Path, dest: Path, rng: random.Random) -> dict[str, int]:
                     "answers": _answers(answer, variants),
                 }
             )
-    info = {"description": "miniature VQA from Tux Paint captions", "template_generated": True}
+    info = {"description": "miniature VQA from Tux Paint stamps", "template_generated": True}
     for subtype in ("train2014", "val2014"):
         common = {"info": info, "license": {}, "data_subtype": subtype, "template_generated": True}
         _write_json(
@@ -495,6 +555,20 @@ _NLVR2_TEMPLATES = (
     ("Exactly one image shows a {c}.", lambda left, right, c: (left == c) != (right == c)),
     ("The two images show the same kind of item.", lambda left, right, c: left == right),
 )
+# Statements name kinds of item whose shapes differ at 28 px (shirts, pullovers and coats are all tops); other
+# class folders are kinds of their own.
+_FASHION_KINDS = {
+    "t-shirt_top": "top",
+    "pullover": "top",
+    "coat": "top",
+    "shirt": "top",
+    "trouser": "pair of trousers",
+    "dress": "dress",
+    "sandal": "shoe",
+    "sneaker": "shoe",
+    "ankle_boot": "shoe",
+    "bag": "bag",
+}
 
 
 def _build_nlvr2(fashion: Path, dest: Path, num_sets: tuple[int, int, int], rng: random.Random) -> dict[str, int]:
@@ -502,30 +576,33 @@ def _build_nlvr2(fashion: Path, dest: Path, num_sets: tuple[int, int, int], rng:
     classes = sorted(c for c, files in all_files.items() if files)
     # test1 pictures come from every 5th file of a class, train and dev never use those (a class with a single
     # file shares it).
-    pools = {
-        "test1": {c: all_files[c][4::5] or all_files[c][-1:] for c in classes},
-        "train": {c: [f for i, f in enumerate(all_files[c]) if i % 5 != 4] or all_files[c] for c in classes},
-    }
+    pools: dict[str, dict[str, list[Path]]] = {"test1": defaultdict(list), "train": defaultdict(list)}
+    for c in classes:
+        kind = _FASHION_KINDS.get(c, c.replace("_", " "))
+        pools["test1"][kind] += all_files[c][4::5] or all_files[c][-1:]
+        pools["train"][kind] += [f for i, f in enumerate(all_files[c]) if i % 5 != 4] or all_files[c]
+    kinds = sorted(pools["train"])
     counts = {}
     for split, count in zip(("train", "dev", "test1"), num_sets, strict=True):
-        by_class = pools["test1" if split == "test1" else "train"]
+        by_kind = pools["test1" if split == "test1" else "train"]
         lines = []
         for set_id in range(count):
             template, truth = _NLVR2_TEMPLATES[set_id % len(_NLVR2_TEMPLATES)]
-            target = rng.choice(classes)
-            sentence = template.format(c=target.replace("_", " "))
+            target = rng.choice(kinds)
+            sentence = template.format(c=target)
             # One sentence on two pairs (pair ids 0 and 1) with opposite labels when it can be drawn.
             for pair_id, wanted in enumerate(rng.sample([True, False], 2)):
-                left, right = _draw_pair(classes, target, truth, wanted, rng)
+                left, right = _draw_pair(kinds, target, truth, wanted, rng)
                 identifier = f"{split}-{set_id}-{pair_id}-0"
                 folder = f"images/train/{set_id % 10}" if split == "train" else split
                 stem = identifier.rsplit("-", 1)[0]
-                for side, class_name in enumerate((left, right)):
-                    source = rng.choice(by_class[class_name])
+                sources = [rng.choice(by_kind[kind]) for kind in (left, right)]
+                for side, source in enumerate(sources):
                     shutil.copyfile(source, _mkparent(dest / folder / f"{stem}-img{side}.png"))
                 label = truth(left, right, target)
                 line = {"identifier": identifier, "sentence": sentence, "label": str(label)}
-                line |= {"left_url": f"fashion_mnist/{left}", "right_url": f"fashion_mnist/{right}"}
+                line |= {"left_url": f"fashion_mnist/{sources[0].parent.name}"}
+                line |= {"right_url": f"fashion_mnist/{sources[1].parent.name}"}
                 line |= {"writer": "template", "synset": target, "query": target, "validation": {}}
                 line |= {"template_generated": True}
                 line |= {"directory": set_id % 10} if split == "train" else {"extra_validations": {}}

@@ -13,7 +13,7 @@ import torch
 from PIL import Image
 
 from beit3_core.text_tokenizer import XLMRTokenizer, train_sentencepiece
-from evaluation.miniature import build_miniature_benchmarks, simple_noun
+from evaluation.miniature import build_miniature_benchmarks, dominant_colour
 from evaluation.tasks import TASKS, get_task
 
 NOUNS = ["frog", "ostrich", "hen", "heron", "lark", "duck", "crow", "apple", "tree", "boat", "kite", "cake"]
@@ -44,7 +44,7 @@ def _fake_demo(root: Path) -> Path:
                 noun = NOUNS[(shard * 20 + index) % len(NOUNS)]
                 article = "An" if noun[0] in "aeiou" else "A"
                 caption = f"{article} {noun}." if index % 7 else f"Tux and a {noun} - two friends!"
-                meta = {"key": key, "caption": caption, "stamp": f"animals/{noun}-{shard}-{index}"}
+                meta = {"key": key, "caption": caption, "stamp": f"{('animals', 'food')[index % 2]}/{noun}-{shard}-{index}"}
                 _add(tar, f"{key}.json", json.dumps(meta).encode())
                 _add(tar, f"{key}.png", _png((index * 9, shard * 90, 40, 200), mode="RGBA"))
                 _add(tar, f"{key}.txt", caption.encode())
@@ -84,10 +84,77 @@ def tokenizer(tmp_path_factory):
     return XLMRTokenizer(model)
 
 
-def test_simple_noun():
-    assert simple_noun("A great blue heron.") == "heron"
-    assert simple_noun("An albino peahen (a female peafowl, or peacock).") == "peahen"
-    assert simple_noun("Tux and spider - two friends.") is None
+def _jpeg(draw) -> bytes:
+    image = Image.new("RGB", (48, 48), "white")
+    draw(image)
+    buffer = io.BytesIO()
+    image.save(buffer, format="JPEG", quality=90)
+    return buffer.getvalue()
+
+
+def test_dominant_colour_ignores_the_canvas_and_outlines():
+    def outlined(fill):
+        def draw(image):
+            image.paste((20, 20, 20), (8, 8, 40, 40))  # a dark outline 3 px wide around the fill
+            image.paste(fill, (11, 11, 37, 37))
+
+        return draw
+
+    assert dominant_colour(_jpeg(outlined((210, 40, 35)))) == "red"
+    assert dominant_colour(_jpeg(outlined((45, 95, 205)))) == "blue"
+    # Dark shapes with little colour (letters, tools) are black; a blank picture is white.
+    assert dominant_colour(_jpeg(lambda image: image.paste((15, 15, 15), (4, 4, 44, 44)))) == "black"
+    assert dominant_colour(_jpeg(lambda image: None)) == "white"
+
+
+def test_vqa_answers_come_from_a_closed_set(built):
+    root = built["out_root"] / "vqav2"
+    by_type = {}
+    for subtype in ("train2014", "val2014"):
+        annotations = json.loads((root / f"v2_mscoco_{subtype}_annotations.json").read_text())["annotations"]
+        for a in annotations:
+            by_type.setdefault(a["question_type"], set()).add(a["multiple_choice_answer"])
+    # The fake stamps are "animals/..." and "food/..." pictures.
+    assert by_type["what kind"] == {"animal", "food"} and by_type["is this"] == {"yes", "no"}
+    assert by_type["what color"] and by_type["what color"] <= {
+        "red",
+        "orange",
+        "yellow",
+        "green",
+        "blue",
+        "purple",
+        "pink",
+        "brown",
+        "black",
+        "gray",
+        "white",
+    }
+
+
+def test_nlvr2_labels_follow_the_kinds_of_the_pictures(built):
+    kind_of = {
+        "bag": "bag",
+        "coat": "top",
+        "shirt": "top",
+        "dress": "dress",
+        "sandal": "shoe",
+        "trouser": "pair of trousers",
+    }
+    checked = 0
+    for split in ("train", "dev", "test1"):
+        for line in (built["out_root"] / "nlvr2" / "nlvr2" / "data" / f"{split}.json").read_text().splitlines():
+            row = json.loads(line)
+            left, right = (kind_of[row[f"{side}_url"].split("/")[1]] for side in ("left", "right"))
+            sentence = row["sentence"]
+            if sentence.startswith("The left image shows a "):
+                truth = left == sentence.removeprefix("The left image shows a ").rstrip(".")
+            elif sentence == "The two images show the same kind of item.":
+                truth = left == right
+            else:
+                continue
+            assert row["label"] == str(truth), row
+            checked += 1
+    assert checked >= 3
 
 
 def test_official_files_and_markers(built):
@@ -153,10 +220,28 @@ def test_test_split_takes_the_held_out_items_there_are(demo, tmp_path):
     # 5 test positions asked for, 3 held-out emoji: the test split is those 3, the rest comes from the corpus.
     assert flickr["info"]["test_held_out"] is True
     assert sorted(i["sentences"][0]["raw"] for i in test) == [f"An emoji of held symbol {i}." for i in range(3)]
-    assert len(flickr["images"]) == 24 and result["tasks"]["flickr30k_retrieval"]["counts"]["val"] == 2
+    # Every corpus emoji is in the file (30 + 3 > the 24 positions asked for).
+    assert len(flickr["images"]) == 33 and result["tasks"]["flickr30k_retrieval"]["counts"]["val"] == 2
     # The COCO-style file has no held-out stamps: its 5 test images come from the corpus.
     coco = json.loads((result["out_root"] / "coco" / "dataset_coco.json").read_text())
     assert coco["info"]["test_held_out"] is False and sum(i["split"] == "test" for i in coco["images"]) == 5
+
+
+def test_flickr_test_split_prefers_captions_of_known_words(demo, tmp_path):
+    demo_copy = tmp_path / "demo"
+    shutil.copytree(demo, demo_copy)
+    held = demo_copy / "heldout" / "emoji"
+    (held / "images").mkdir(parents=True)
+    captions = ["quite unknown thing", "symbol zebra", "symbol frog hen"]  # no, half, all words in the corpus
+    rows = []
+    for i, caption in enumerate(captions):
+        (held / "images" / f"{0x1F400 + i:05x}.png").write_bytes(_png((200, i * 60, 10)))
+        rows.append({"image": f"images/{0x1F400 + i:05x}.png", "caption": caption})
+    (held / "pairs.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    result = build_miniature_benchmarks(demo_copy, tmp_path / "mini", seed=3, **(SIZES | {"num_test_images": 2}))
+    flickr = json.loads((result["out_root"] / "flickr30k" / "dataset_flickr30k.json").read_text())
+    test = [i["sentences"][0]["raw"] for i in flickr["images"] if i["split"] == "test"]
+    assert test == ["An emoji of symbol frog hen.", "An emoji of symbol zebra."]
 
 
 def _read_back(tasks: dict, tokenizer) -> dict[str, int]:
