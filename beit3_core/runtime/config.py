@@ -11,6 +11,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
+import types
 import typing
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
@@ -63,10 +64,23 @@ def build_section(cls: type, values: Mapping | None, where: str) -> Any:
     for name, value in values.items():
         if isinstance(value, list) and typing.get_origin(hints[name]) is tuple:
             values[name] = tuple(value)
+        elif _is_number_type(hints[name], float) and isinstance(value, str):
+            # YAML 1.1 (PyYAML) reads "3e-4" as a string: a number written that way is still a number.
+            try:
+                values[name] = float(value)
+            except ValueError:
+                raise ValueError(f"section {where!r}: {name} must be a number, got {value!r}") from None
+        elif _is_number_type(hints[name], int) and isinstance(value, str):
+            raise ValueError(f"section {where!r}: {name} must be an integer, got {value!r}")
     try:
         return cls(**values)
     except TypeError as error:
         raise ValueError(f"section {where!r}: {error}") from error
+
+
+def _is_number_type(hint: Any, kind: type) -> bool:
+    """Whether a field annotated `hint` holds a `kind` (`float`, `float | None`)."""
+    return hint is kind or (typing.get_origin(hint) in (typing.Union, types.UnionType) and kind in typing.get_args(hint))
 
 
 def section_types(cls: type) -> dict[str, type]:

@@ -31,6 +31,17 @@ def test_set_items_parse_as_yaml_values():
         parse_set(["steps=3"])
 
 
+def test_numbers_written_as_yaml_1_1_strings_are_numbers_and_words_are_errors():
+    # PyYAML reads `--set optim.lr=3e-4` as the string "3e-4".
+    overrides = parse_set(["optim.lr=3e-4", "optim.min_lr=1e-6"])
+    assert build_config("tiny_cpu", overrides).optim.lr == 3e-4
+    assert build_finetune_config("imagenet", overrides).optim.min_lr == 1e-6
+    with pytest.raises(ValueError, match="lr must be a number, got 'fast'"):
+        build_finetune_config("imagenet", {"optim": {"lr": "fast"}})
+    with pytest.raises(ValueError, match="steps must be an integer, got '1e3'"):
+        build_config("tiny_cpu", {"run": {"steps": "1e3"}})
+
+
 @pytest.mark.parametrize(
     ("overrides", "message"),
     [
