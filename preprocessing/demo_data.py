@@ -129,11 +129,12 @@ class DemoLimits:
     """Fashion-MNIST training images per class (10 classes)."""
     fashion_size: int = 56
     """Side in pixels of the saved Fashion-MNIST images (28 px originals, bicubic upscaling)."""
-    fashion_pairs_per_class: int = 60
+    fashion_pairs_per_class: int = 0
     """Further Fashion-MNIST training images per class (never those of `fashion_mnist`, from which the miniature
-    ImageNet and NLVR2 sets are drawn) as image-text pairs: "A sneaker, a kind of shoe." The words a reader of
-    the miniature NLVR2 statements has to tie to pictures are then ones the pretraining saw beside pictures, as
-    web pairs give the real BEiT-3."""
+    ImageNet and NLVR2 sets are drawn) as image-text pairs: "A sneaker, a kind of shoe.", so that the words of
+    the miniature NLVR2 statements are ones the pretraining saw beside pictures. Off in the demo: with 60 per
+    class the NLVR2 fine-tune still stays at the majority level (50.0, training loss at ln 2), and the demo
+    pretraining's text-stream ratio was 1.34x against 1.48x without them."""
     text_per_collection: int = 1500
     """Lines taken from each text collection (WordNet, Python docs, Shakespeare) and fortunes taken. 1500 each
     (6,000 texts): the demo pretraining (300 steps at 112 px) reads every text about six times and reaches a
