@@ -171,6 +171,13 @@ class StepRunner:
 
     def map(self, kind: str, step: Task, params_by_name: dict[str, dict]) -> dict[str, Any]:
         """Run one step per name concurrently (Prefect's thread pool); outputs by name (as `run`)."""
+        # The earlier outputs of the names not selected are read first: one that is missing stops the run before
+        # any step of the map starts, rather than while the others run on and the run's Ray is shut down under them.
+        kept = {
+            name: self._last_output(f"{kind}[{name}]")
+            for name in params_by_name
+            if not self.selection.runs(f"{kind}[{name}]") and self._feeds_selected(f"{kind}[{name}]")
+        }
         futures = {
             name: self._submit(f"{kind}[{name}]", step, params)
             for name, params in params_by_name.items()
@@ -178,12 +185,11 @@ class StepRunner:
         }
         outputs, failures = {}, []
         for name in params_by_name:
-            label = f"{kind}[{name}]"
             try:
                 if name in futures:
-                    outputs[name] = self._collect(label, futures[name])
-                elif self._feeds_selected(label):
-                    outputs[name] = self._last_output(label)
+                    outputs[name] = self._collect(f"{kind}[{name}]", futures[name])
+                elif name in kept:
+                    outputs[name] = kept[name]
             except StepFailed as failure:
                 failures.append(failure)
         if failures:

@@ -148,6 +148,31 @@ def test_a_skipped_step_whose_file_is_gone_is_an_error(run, tmp_path, no_storage
         run(run_dir, only=["report"])
 
 
+@flow
+def mapped_steps(run_dir: str, only: list[str] | None = None) -> dict:
+    storage = result_storage(Settings(), Path(run_dir))
+    labels = ["finetune[a]", "finetune[b]", "report"]
+    runner = StepRunner(
+        Path(run_dir), labels, Selection.parse(only, None, None), Execution(), storage, str(flow_run.id)
+    )
+    try:
+        calls = {name: {"path": str(Path(run_dir) / "out" / f"{name}.txt"), "text": name} for name in ("a", "b")}
+        written = runner.map("finetune", write_file, calls)
+        return runner.run("report", read_file, upstream=written["a"])
+    finally:
+        runner.close()
+
+
+def test_a_mapped_step_that_never_ran_stops_the_run_before_its_siblings_start(
+    prefect_server, tmp_path, no_storage_variable
+):
+    CALLS.clear()
+    with pytest.raises(MissingStepOutput, match=r"step finetune\[b\] was not selected and has never completed"):
+        mapped_steps(str(tmp_path / "run"), only=["finetune[a]", "report"])
+    assert CALLS == []  # finetune[a] never started
+    assert mapped_steps(str(tmp_path / "run"))["text"] == "a" and CALLS == ["preprocess", "preprocess", "report"]
+
+
 @pytest.mark.parametrize(
     ("value", "expected"),
     [
