@@ -138,8 +138,15 @@ def _run_deployment(env: dict, deployment_id: str, parameters: dict, timeout: fl
         assert time.monotonic() < deadline, f"flow run {run['id']} still {run['state']['type']} after {timeout} s"
         time.sleep(1)
         run = _api(env, f"/flow_runs/{run['id']}")
-    tasks = _api(env, "/task_runs/filter", {"flow_runs": {"id": {"any_": [run["id"]]}}})
-    return run, {t["name"]: t["state"]["name"] for t in tasks}
+    # Task run states reach the server as events, recorded a moment after the flow run ends (longer on a busy
+    # machine): wait until every one is final.
+    final = ("COMPLETED", "FAILED", "CRASHED", "CANCELLED")
+    deadline = time.monotonic() + 60
+    while True:
+        tasks = _api(env, "/task_runs/filter", {"flow_runs": {"id": {"any_": [run["id"]]}}})
+        if all(t["state"] and t["state"]["type"] in final for t in tasks) or time.monotonic() > deadline:
+            return run, {t["name"]: t["state"]["name"] if t["state"] else "-" for t in tasks}
+        time.sleep(0.5)
 
 
 @pytest.mark.slow
