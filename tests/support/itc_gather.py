@@ -44,5 +44,8 @@ def worker(rank: int, world: int, port: int, out_dir: str) -> None:
         loss, grads = loss_and_grads(rank, world)
         if rank == 0:
             torch.save({"loss": loss, "grads": grads}, os.path.join(out_dir, "distributed.pt"))
+        # Both ranks leave together: a rank tearing gloo down while its peer is still in a collective can abort
+        # ("terminate called without an active exception").
+        dist.barrier()
     finally:
         dist.destroy_process_group()

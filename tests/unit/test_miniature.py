@@ -44,7 +44,11 @@ def _fake_demo(root: Path) -> Path:
                 noun = NOUNS[(shard * 20 + index) % len(NOUNS)]
                 article = "An" if noun[0] in "aeiou" else "A"
                 caption = f"{article} {noun}." if index % 7 else f"Tux and a {noun} - two friends!"
-                meta = {"key": key, "caption": caption, "stamp": f"{('animals', 'food')[index % 2]}/{noun}-{shard}-{index}"}
+                meta = {
+                    "key": key,
+                    "caption": caption,
+                    "stamp": f"{('animals', 'food')[index % 2]}/{noun}-{shard}-{index}",
+                }
                 _add(tar, f"{key}.json", json.dumps(meta).encode())
                 _add(tar, f"{key}.png", _png((index * 9, shard * 90, 40, 200), mode="RGBA"))
                 _add(tar, f"{key}.txt", caption.encode())
