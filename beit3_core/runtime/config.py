@@ -80,7 +80,8 @@ def build_section(cls: type, values: Mapping | None, where: str) -> Any:
 
 def _is_number_type(hint: Any, kind: type) -> bool:
     """Whether a field annotated `hint` holds a `kind` (`float`, `float | None`)."""
-    return hint is kind or (typing.get_origin(hint) in (typing.Union, types.UnionType) and kind in typing.get_args(hint))
+    union = typing.get_origin(hint) in (typing.Union, types.UnionType)
+    return hint is kind or (union and kind in typing.get_args(hint))
 
 
 def section_types(cls: type) -> dict[str, type]:
