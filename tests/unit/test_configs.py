@@ -12,6 +12,7 @@ from preprocessing.config import load_preprocess_config
 
 CONFIGS = Path(__file__).resolve().parents[2] / "configs"
 LOADERS = {
+    # The text tasks ask for a tokenizer path (the demo's is built by preprocessing); any path passes the check.
     "finetune_": lambda path: load_finetune_config(path, overrides={"data": {"tokenizer": str(path)}}),
     "pipeline_": load_pipeline_config,
     # The demo's sources file is written by `beit3 demo-data`; without it the rest of the config is still checked.
