@@ -12,8 +12,8 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
-from preprocessing.content_hash import HashMemo
-from preprocessing.sources import SourceSpec, input_groups
+from preprocessing.content_hash import HashMemo, gc_paused
+from preprocessing.sources import SourceSpec, get_reader
 
 FOLDER_FORMATS = ("image_folder", "imagenet_folder", "text_files")
 HASH_MEMO_DIR = "_work/hashes"
@@ -25,15 +25,15 @@ _CODE_ROOTS = ("preprocessing", "beit3_core/data", "beit3_core/text_tokenizer.py
 class ShardPlan:
     name: str
     source: SourceSpec
-    files: tuple[Path, ...]
+    files: tuple[str, ...]
+    """Input file paths (strings: one per raw file, and a `Path` costs more than its `stat`)."""
     input_fingerprint: str
     """sha256 over (relative path, content sha256) of every input file of the shard."""
 
 
-def _fingerprint(spec: SourceSpec, files: list[Path], relative: dict[Path, str], content: dict[Path, str]) -> str:
+def _fingerprint(spec: SourceSpec, files: list[str], relative: dict[str, str], content: dict[str, str]) -> str:
     digest = hashlib.sha256(f"{spec.name}|{spec.format}".encode())
-    for rel, path in sorted((relative[path], path) for path in files):
-        digest.update(f"{rel}={content[path]};".encode())
+    digest.update("".join(f"{rel}={content[path]};" for rel, path in sorted((relative[p], p) for p in files)).encode())
     return digest.hexdigest()
 
 
@@ -47,27 +47,38 @@ def _stable_hash(text: str) -> int:
 
 
 def plan_source(spec: SourceSpec, files_per_shard: int, memo: HashMemo | None = None) -> list[ShardPlan]:
+    with gc_paused():
+        return _plan_source(spec, files_per_shard, memo)
+
+
+def _plan_source(spec: SourceSpec, files_per_shard: int, memo: HashMemo | None = None) -> list[ShardPlan]:
     """The shards of one source, in a stable order.
 
     File contents are hashed in parallel; with a `memo` (see `preprocessing.content_hash`) only files whose
     metadata changed since the memo's last use are read.
     """
-    groups = input_groups(spec)
-    absolute = {path: os.path.abspath(path) for group in groups for path in group}
-    hashes = (memo or HashMemo()).hashes(absolute.values())
-    content = {path: hashes[key] for path, key in absolute.items()}
+    listed = get_reader(spec.format).relative_input_groups(spec)
+    groups = [group for _, group in listed]
+    relative = {group[0]: rel for rel, group in listed}
     root = str(spec.root)
-    relative = {path: spec.relative(path, root) for path in absolute}
+    for group in groups:  # files that table rows refer to
+        for path in group[1:]:
+            if path not in relative:
+                relative[path] = spec.relative(path, root)
+    paths = list(relative)
+    content = dict(zip(paths, (memo or HashMemo()).sha256_of(paths), strict=True))
     if spec.format in FOLDER_FORMATS:
         files = [f for group in groups for f in group]
         num_buckets = max(1, 2 ** math.ceil(math.log2(max(1, len(files)) / files_per_shard)) if files else 1)
-        buckets: dict[int, list[Path]] = {}
+        buckets: list[list[str]] = [[] for _ in range(num_buckets)]
         for path in files:
-            buckets.setdefault(_stable_hash(relative[path]) % num_buckets, []).append(path)
+            buckets[_stable_hash(relative[path]) % num_buckets].append(path)
         return [
-            ShardPlan(name, spec, tuple(fs), _fingerprint(spec, fs, relative, content))
-            for b, fs in sorted(buckets.items())
-            for name in [f"{spec.name}-b{b:05d}of{num_buckets:05d}"]
+            ShardPlan(
+                f"{spec.name}-b{b:05d}of{num_buckets:05d}", spec, tuple(fs), _fingerprint(spec, fs, relative, content)
+            )
+            for b, fs in enumerate(buckets)
+            if fs
         ]
     plans = []
     for group in groups:

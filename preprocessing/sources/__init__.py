@@ -74,7 +74,7 @@ def list_input_files(spec: SourceSpec) -> list[Path]:
     return get_reader(spec.format).list_input_files(spec)
 
 
-def input_groups(spec: SourceSpec) -> list[list[Path]]:
+def input_groups(spec: SourceSpec) -> list[list[str]]:
     """Input files grouped so that each group must stay in one shard (see `preprocessing.sources.reader`)."""
     return get_reader(spec.format).input_groups(spec)
 

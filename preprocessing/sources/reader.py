@@ -19,7 +19,15 @@ from pathlib import Path
 
 from preprocessing.sources.records import RawRecord, RecordError, SourceSpec
 
-__all__ = ["Reader", "caption_bytes", "find_files", "load_image_ref", "resolve_image_ref"]
+__all__ = [
+    "Reader",
+    "caption_bytes",
+    "find_file_names",
+    "find_files",
+    "list_files",
+    "load_image_ref",
+    "resolve_image_ref",
+]
 
 ReadFile = Callable[[SourceSpec, Path], Iterator[RawRecord]]
 ReferencedFiles = Callable[[SourceSpec, Path], list[Path]]
@@ -33,19 +41,32 @@ def find_files(spec: SourceSpec, suffixes: tuple[str, ...]) -> list[Path]:
     Raises:
         FileNotFoundError: If `spec.path` does not exist (a configuration error, not a data error).
     """
+    return [Path(path) for path in find_file_names(spec, suffixes)]
+
+
+def find_file_names(spec: SourceSpec, suffixes: tuple[str, ...]) -> list[str]:
+    """`find_files` as absolute path strings: a listing of millions of files is dominated by per-`Path` overhead."""
+    return [path for _, path in list_files(spec, suffixes)]
+
+
+def list_files(spec: SourceSpec, suffixes: tuple[str, ...]) -> list[tuple[str, str]]:
+    """(path relative to `spec.root` with forward slashes, absolute path) of each file `find_files` finds, in
+    its order: the relative path of a folder is computed once, not once per file."""
     if spec.path.is_file():
-        return [spec.path]
+        return [(spec.path.name, os.path.abspath(spec.path))]
     if not spec.path.is_dir():
         raise FileNotFoundError(f"source {spec.name!r}: {spec.path} does not exist")
-    found = []  # strings until sorted: a listing of millions of files is dominated by per-path overhead
-    for dirpath, dirnames, filenames in os.walk(spec.path):
+    base = os.path.abspath(spec.path)  # normalised: no trailing "/", so "dir/name" needs no os.path.join
+    found = []
+    for dirpath, dirnames, filenames in os.walk(base):
         dirnames[:] = [d for d in dirnames if not d.startswith(".")]
-        for filename in filenames:
-            if not filename.startswith(".") and filename.lower().endswith(suffixes):
-                found.append(os.path.join(dirpath, filename))
+        prefix = "" if dirpath == base else spec.relative(dirpath, base) + "/"
+        names = [name for name in filenames if name[0] != "." and name.lower().endswith(suffixes)]
+        # Comprehensions and plain concatenation: per-file work is what a listing of millions costs.
+        found += zip([prefix + name for name in names], [f"{dirpath}/{name}" for name in names], strict=True)
     # Sorting on the relative POSIX path makes record order independent of the file system's listing order.
-    root = str(spec.root)
-    return [Path(path) for path in sorted(found, key=lambda path: spec.relative(path, root))]
+    found.sort()
+    return found
 
 
 @dataclass(frozen=True)
@@ -65,23 +86,29 @@ class Reader:
         """The files records are read from, in reading order."""
         return find_files(spec, self.suffixes)
 
-    def input_groups(self, spec: SourceSpec) -> list[list[Path]]:
-        """Each primary file followed by the files its records refer to (see the module docstring)."""
-        primaries = self.primary_files(spec)
+    def input_groups(self, spec: SourceSpec) -> list[list[str]]:
+        """Each primary file followed by the files its records refer to (see the module docstring), as
+        absolute path strings (a folder source of millions of images lists one string per file)."""
+        return [group for _, group in self.relative_input_groups(spec)]
+
+    def relative_input_groups(self, spec: SourceSpec) -> list[tuple[str, list[str]]]:
+        """`input_groups`, each with its primary file's path relative to `spec.root`."""
+        listed = list_files(spec, self.suffixes)
         if self.referenced_files is None:
-            return [[path] for path in primaries]
-        return [[path, *self.referenced_files(spec, path)] for path in primaries]
+            return [(relative, [path]) for relative, path in listed]
+        refs = self.referenced_files
+        return [(relative, [path, *map(str, refs(spec, Path(path)))]) for relative, path in listed]
 
     def list_input_files(self, spec: SourceSpec) -> list[Path]:
         """Every file whose content the records depend on, without duplicates, in group order.
 
         Referenced files that do not exist are left out; their records carry `RecordError.MISSING_FILE`.
         """
-        seen: dict[str, Path] = {}
+        seen: dict[str, str] = {}
         for group in self.input_groups(spec):
             for path in group:
                 seen.setdefault(os.path.abspath(path), path)
-        return list(seen.values())
+        return [Path(path) for path in seen.values()]
 
     def iter_records(self, spec: SourceSpec) -> Iterator[RawRecord]:
         """Every record of the source."""
@@ -98,9 +125,9 @@ class Reader:
                 file that names the image.
         """
         wanted = {os.path.abspath(spec.root / path) for path in files}
-        for path in self.primary_files(spec):
+        for path in find_file_names(spec, self.suffixes):
             if os.path.abspath(path) in wanted:
-                yield from self.read_file(spec, path)
+                yield from self.read_file(spec, Path(path))
 
 
 def caption_bytes(value: object, column: str) -> tuple[bytes | None, str]:

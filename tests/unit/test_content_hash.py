@@ -57,7 +57,7 @@ def test_changing_one_file_rehashes_exactly_that_file(source: SourceSpec, tmp_pa
     second, opened, memo = plan_counting_opens(source, tmp_path / "out")
     assert opened == [str(changed)] and memo.stats.num_hashed == 1
     assert [name for name in first if first[name] != second[name]] == [
-        p.name for p in plan_source(source, 8) if changed in p.files
+        p.name for p in plan_source(source, 8) if str(changed) in p.files
     ]
 
 
