@@ -50,7 +50,7 @@ from preprocessing.demo_data import FASHION_KINDS
 logger = logging.getLogger(__name__)
 
 MANIFEST = "miniature_manifest.json"
-VERSION = 7
+VERSION = 6
 HELDOUT = "heldout"  # preprocessing.demo_data.HELDOUT
 TASK_FOLDERS = ("imagenet", "coco", "flickr30k", "vqav2", "nlvr2")
 _IMAGE_SIDE = 96  # long side of written JPEGs: small files, still larger than test models' inputs
@@ -550,17 +550,11 @@ def _build_vqa(coco: Path, dest: Path, rng: random.Random) -> dict[str, int]:
 
 
 _NLVR2_TEMPLATES = (
-    # (statement, truth(left kind, right kind, named kind), the kind a fixed statement is about)
-    ("The left image shows a {c}.", lambda left, right, c: left == c, None),
-    ("The right image shows a {c}.", lambda left, right, c: right == c, None),
-    ("Both images show a {c}.", lambda left, right, c: left == c and right == c, None),
-    ("Exactly one image shows a {c}.", lambda left, right, c: (left == c) != (right == c), None),
-    ("The two images show the same kind of item.", lambda left, right, c: left == right, None),
-    # Fixed statements about one picture, as many real NLVR2 sentences are ("The left image shows ..."): the
-    # sentence alone still says nothing (each comes with a true and a false pair), but one picture does, so
-    # the fine-tune learns the pictures' kinds, which the statements that name a kind then build on.
-    ("The left image shows something worn on the feet.", lambda left, right, c: left == c, "shoe"),
-    ("The right image shows something worn on the upper body.", lambda left, right, c: right == c, "top"),
+    ("The left image shows a {c}.", lambda left, right, c: left == c),
+    ("The right image shows a {c}.", lambda left, right, c: right == c),
+    ("Both images show a {c}.", lambda left, right, c: left == c and right == c),
+    ("Exactly one image shows a {c}.", lambda left, right, c: (left == c) != (right == c)),
+    ("The two images show the same kind of item.", lambda left, right, c: left == right),
 )
 
 
@@ -580,8 +574,8 @@ def _build_nlvr2(fashion: Path, dest: Path, num_sets: tuple[int, int, int], rng:
         by_kind = pools["test1" if split == "test1" else "train"]
         lines = []
         for set_id in range(count):
-            template, truth, fixed = _NLVR2_TEMPLATES[set_id % len(_NLVR2_TEMPLATES)]
-            target = fixed if fixed in kinds else rng.choice(kinds)
+            template, truth = _NLVR2_TEMPLATES[set_id % len(_NLVR2_TEMPLATES)]
+            target = rng.choice(kinds)
             sentence = template.format(c=target)
             # One sentence on two pairs (pair ids 0 and 1) with opposite labels when it can be drawn.
             for pair_id, wanted in enumerate(rng.sample([True, False], 2)):
