@@ -47,16 +47,16 @@ def _stable_hash(text: str) -> int:
 
 
 def plan_source(spec: SourceSpec, files_per_shard: int, memo: HashMemo | None = None) -> list[ShardPlan]:
-    with gc_paused():
-        return _plan_source(spec, files_per_shard, memo)
-
-
-def _plan_source(spec: SourceSpec, files_per_shard: int, memo: HashMemo | None = None) -> list[ShardPlan]:
     """The shards of one source, in a stable order.
 
     File contents are hashed in parallel; with a `memo` (see `preprocessing.content_hash`) only files whose
     metadata changed since the memo's last use are read.
     """
+    with gc_paused():
+        return _plan_source(spec, files_per_shard, memo)
+
+
+def _plan_source(spec: SourceSpec, files_per_shard: int, memo: HashMemo | None = None) -> list[ShardPlan]:
     listed = get_reader(spec.format).relative_input_groups(spec)
     groups = [group for _, group in listed]
     relative = {group[0]: rel for rel, group in listed}
