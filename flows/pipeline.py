@@ -129,7 +129,7 @@ def beit3_pipeline(
                 }
                 for b in cfg.benchmarks
             }
-            finetuned += list(steps.map(kind, finetune, calls).values())
+            finetuned += list(steps.map(kind, finetune, calls, cfg.execution.max_parallel_finetunes).values())
         reported = steps.run(
             "report",
             report,

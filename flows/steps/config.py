@@ -78,6 +78,10 @@ class Execution(_Strict):
     io_retries: int = Field(2, ge=0)
     """Retries of the I/O steps (ingest, report); compute steps rely on Ray's own fault tolerance."""
     retry_delay_seconds: list[float] = Field(default_factory=lambda: [2.0, 10.0])
+    max_parallel_finetunes: int = Field(0, ge=0)
+    """Fine-tunes in flight at once, started in the order `benchmarks` lists them (0: all at once, and Ray
+    starts them in whatever order their resource requests arrive). With a limit that matches what the cluster
+    holds, listing the longest fine-tunes first keeps the last one from running alone at the end."""
 
 
 class PipelineConfig(_Strict):

@@ -11,6 +11,7 @@ of its log. Whether a selected step is a cache hit is decided from its cached re
 never from the ledger, which goes with the run directory.
 """
 
+import concurrent.futures
 import json
 import logging
 import time
@@ -169,8 +170,11 @@ class StepRunner:
             return self._last_output(label) if self._feeds_selected(label) else None
         return self._collect(label, self._submit(label, step, params))
 
-    def map(self, kind: str, step: Task, params_by_name: dict[str, dict]) -> dict[str, Any]:
-        """Run one step per name concurrently (Prefect's thread pool); outputs by name (as `run`)."""
+    def map(self, kind: str, step: Task, params_by_name: dict[str, dict], limit: int = 0) -> dict[str, Any]:
+        """Run one step per name concurrently (Prefect's thread pool); outputs by name (as `run`).
+
+        `limit` > 0: at most that many in flight, started in the order of `params_by_name`.
+        """
         # The earlier outputs of the names not selected are read first: one that is missing stops the run before
         # any step of the map starts, rather than while the others run on and the run's Ray is shut down under them.
         kept = {
@@ -178,11 +182,12 @@ class StepRunner:
             for name in params_by_name
             if not self.selection.runs(f"{kind}[{name}]") and self._feeds_selected(f"{kind}[{name}]")
         }
-        futures = {
-            name: self._submit(f"{kind}[{name}]", step, params)
-            for name, params in params_by_name.items()
-            if self.selection.runs(f"{kind}[{name}]")
-        }
+        queue = [(name, params) for name, params in params_by_name.items() if self.selection.runs(f"{kind}[{name}]")]
+        futures = {}
+        for name, params in queue:
+            if limit:
+                _wait_for_free_slot(list(futures.values()), limit)
+            futures[name] = self._submit(f"{kind}[{name}]", step, params)
         outputs, failures = {}, []
         for name in params_by_name:
             try:
@@ -236,3 +241,11 @@ class StepRunner:
             raise MissingStepOutput(f"step {label} was not selected and its output {missing[0]} is gone: run it first")
         self.states[label] = {"state": "Skipped", "key": last.get("key")}
         return last["output"]
+
+
+def _wait_for_free_slot(futures: list, limit: int) -> None:
+    """Blocks until fewer than `limit` of `futures` (Prefect futures of the thread-pool runner) are running."""
+    running = [f.wrapped_future for f in futures if not f.wrapped_future.done()]
+    while len(running) >= limit:
+        done, _ = concurrent.futures.wait(running, return_when=concurrent.futures.FIRST_COMPLETED)
+        running = [f for f in running if f not in done]

@@ -5,6 +5,7 @@ The deployment case (a Prefect worker running the real pipeline) is in test_depl
 """
 
 import json
+import time
 from pathlib import Path
 
 import pytest
@@ -192,3 +193,50 @@ def test_the_storage_variable_names_a_folder_or_a_block(value, expected, tmp_pat
 def test_a_storage_variable_that_is_neither_is_refused(value, tmp_path):
     with pytest.raises(ValueError, match="expected a folder .* or a saved Prefect block slug"):
         Settings(result_storage=value).results_storage(tmp_path)
+
+
+SPANS: dict[str, tuple[float, float]] = {}
+
+
+@task
+def timed_step(name: str, seconds: float) -> dict:
+    """Stand-in for a fine-tune: records when it ran."""
+    start = time.monotonic()
+    time.sleep(seconds)
+    SPANS[name] = (start, time.monotonic())
+    return {"key": name}
+
+
+@flow
+def limited_map(run_dir: str, limit: int) -> dict:
+    storage = result_storage(Settings(), Path(run_dir))
+    names = ["long", "mid", "short1", "short2"]
+    runner = StepRunner(
+        Path(run_dir),
+        [f"finetune[{n}]" for n in names],
+        Selection.parse(None, None, None),
+        Execution(),
+        storage,
+        str(flow_run.id),
+    )
+    try:
+        seconds = {"long": 3.0, "mid": 1.0, "short1": 0.3, "short2": 0.3}
+        return runner.map("finetune", timed_step, {n: {"name": n, "seconds": seconds[n]} for n in names}, limit)
+    finally:
+        runner.close()
+
+
+def test_a_limited_map_starts_its_steps_in_order_with_at_most_limit_in_flight(
+    prefect_server, tmp_path, no_storage_variable
+):
+    SPANS.clear()
+    out = limited_map(str(tmp_path / "run"), 2)
+    assert set(out) == {"long", "mid", "short1", "short2"}
+    starts = sorted(SPANS, key=lambda n: SPANS[n][0])
+    assert starts == ["long", "mid", "short1", "short2"]
+    # Never three at once: at each start, count the steps that started earlier and had not ended yet.
+    for name, (start, _) in SPANS.items():
+        running = [n for n, (s, e) in SPANS.items() if n != name and s <= start < e]
+        assert len(running) <= 1, (name, running)
+    # The short ones wait for a slot: the first of them starts after "mid" (1.0 s) ends, before "long" (3 s).
+    assert SPANS["mid"][1] <= SPANS["short1"][0] < SPANS["long"][1]
