@@ -198,7 +198,11 @@ def test_a_storage_variable_that_is_neither_is_refused(value, tmp_path):
 SPANS: dict[str, tuple[float, float]] = {}
 
 
-@task
+def _timed_key(_ctx, params: dict) -> str:
+    return step_key("finetune", params["name"], params["seconds"])
+
+
+@task(cache_key_fn=_timed_key)
 def timed_step(name: str, seconds: float) -> dict:
     """Stand-in for a fine-tune: records when it ran."""
     start = time.monotonic()
@@ -233,7 +237,8 @@ def test_a_limited_map_starts_its_steps_in_order_with_at_most_limit_in_flight(
     out = limited_map(str(tmp_path / "run"), 2)
     assert set(out) == {"long", "mid", "short1", "short2"}
     starts = sorted(SPANS, key=lambda n: SPANS[n][0])
-    assert starts == ["long", "mid", "short1", "short2"]
+    # The first two are in flight together (which body starts first is up to the threads); the rest in order.
+    assert set(starts[:2]) == {"long", "mid"} and starts[2:] == ["short1", "short2"]
     # Never three at once: at each start, count the steps that started earlier and had not ended yet.
     for name, (start, _) in SPANS.items():
         running = [n for n, (s, e) in SPANS.items() if n != name and s <= start < e]
