@@ -113,19 +113,13 @@ class HashMemo:
                 memo.entries = _read_entries(memo.location)
         return memo
 
-    def hashes(self, paths: Iterable[str | os.PathLike[str]]) -> dict[str, str]:
-        """Absolute path -> sha256 of every file in `paths` (see `sha256_of`)."""
-        keys = [absolute_path(path) for path in paths]
-        return dict(zip(keys, self._lookup(keys), strict=True))
-
     def sha256_of(self, paths: Iterable[str | os.PathLike[str]]) -> list[str]:
         """sha256 of each file of `paths`, in order; only files whose identity changed are read.
 
-        The memo then holds exactly these files and is saved if anything differs from what was loaded.
+        The memo then holds exactly these files (by absolute path) and is saved if anything differs from what was
+        loaded.
         """
-        return self._lookup([absolute_path(path) for path in paths])
-
-    def _lookup(self, keys: list[str]) -> list[str]:
+        keys = [absolute_path(path) for path in paths]
         current: dict[str, Identity] = {}
         for key in keys:
             if key not in current:
@@ -133,7 +127,7 @@ class HashMemo:
         entries = self.entries
         known = {p: e[1] for p, e in entries.items() if current.get(p) == e[0]}
         num_kept = len(known)
-        missing = [p for p in current if p not in known] if num_kept < len(current) else []
+        missing = [p for p in current if p not in known]
         if missing and self.before_hashing is not None:
             self.before_hashing()
         known.update(zip(missing, hash_files(missing, [current[p][0] for p in missing]), strict=True))

@@ -11,9 +11,9 @@ of its log. Whether a selected step is a cache hit is decided from its cached re
 never from the ledger, which goes with the run directory.
 """
 
-import concurrent.futures
 import json
 import logging
+import threading
 import time
 from collections import defaultdict, deque
 from dataclasses import dataclass, field
@@ -182,12 +182,15 @@ class StepRunner:
             for name in params_by_name
             if not self.selection.runs(f"{kind}[{name}]") and self._feeds_selected(f"{kind}[{name}]")
         }
-        queue = [(name, params) for name, params in params_by_name.items() if self.selection.runs(f"{kind}[{name}]")]
+        slots = threading.BoundedSemaphore(limit) if limit else None
         futures = {}
-        for name, params in queue:
-            if limit:
-                _wait_for_free_slot(list(futures.values()), limit)
-            futures[name] = self._submit(f"{kind}[{name}]", step, params)
+        for name, params in params_by_name.items():
+            if self.selection.runs(f"{kind}[{name}]"):
+                if slots:
+                    slots.acquire()  # released when a step in flight ends, whatever its state
+                futures[name] = self._submit(f"{kind}[{name}]", step, params)
+                if slots:
+                    futures[name].add_done_callback(lambda _future: slots.release())
         outputs, failures = {}, []
         for name in params_by_name:
             try:
@@ -241,11 +244,3 @@ class StepRunner:
             raise MissingStepOutput(f"step {label} was not selected and its output {missing[0]} is gone: run it first")
         self.states[label] = {"state": "Skipped", "key": last.get("key")}
         return last["output"]
-
-
-def _wait_for_free_slot(futures: list, limit: int) -> None:
-    """Blocks until fewer than `limit` of `futures` (Prefect futures of the thread-pool runner) are running."""
-    running = [f.wrapped_future for f in futures if not f.wrapped_future.done()]
-    while len(running) >= limit:
-        done, _ = concurrent.futures.wait(running, return_when=concurrent.futures.FIRST_COMPLETED)
-        running = [f for f in running if f not in done]
