@@ -13,7 +13,8 @@ the same code paths as the real benchmarks:
   image names, from templates over the Tux Paint stamps: the stamp's kind, a yes/no question on a kind and the
   object's colour (a seeded half of the captioned stamps in val2014).
 - `nlvr2/`: `nlvr2/data/{train,dev,test1}.json`, `images/train/<dir>/`, `dev/`, `test1/`, from templates over
-  Fashion-MNIST pairs, naming five kinds of item (tops, trousers, dresses, shoes, bags).
+  Fashion-MNIST pairs of five kinds of item (tops, trousers, dresses, shoes, bags): whether the left, the right,
+  both, exactly one or neither picture shows a shoe (`NLVR2_NAMED_KINDS`).
 
 The Karpathy test images of `coco/` and `flickr30k/` come from the demo corpus's `heldout/` stamps and emoji,
 which the demo pretraining corpus does not contain, so the zero-shot units (11, 12) evaluated on them are
@@ -50,7 +51,7 @@ from preprocessing.demo_data import FASHION_KINDS
 logger = logging.getLogger(__name__)
 
 MANIFEST = "miniature_manifest.json"
-VERSION = 6
+VERSION = 7
 HELDOUT = "heldout"  # preprocessing.demo_data.HELDOUT
 TASK_FOLDERS = ("imagenet", "coco", "flickr30k", "vqav2", "nlvr2")
 _IMAGE_SIDE = 96  # long side of written JPEGs: small files, still larger than test models' inputs
@@ -554,8 +555,13 @@ _NLVR2_TEMPLATES = (
     ("The right image shows a {c}.", lambda left, right, c: right == c),
     ("Both images show a {c}.", lambda left, right, c: left == c and right == c),
     ("Exactly one image shows a {c}.", lambda left, right, c: (left == c) != (right == c)),
-    ("The two images show the same kind of item.", lambda left, right, c: left == right),
+    ("Neither image shows a {c}.", lambda left, right, c: left != c and right != c),
 )
+NLVR2_NAMED_KINDS = ("shoe",)
+"""The kinds the statements name (the pictures show every kind). Measured on the demo (beit3_tiny, 64 px, 10
+epochs, 200 test examples): naming one kind, the fine-tune reaches 88.5% (the statement still decides which
+picture counts and how); naming any of the five kinds it stays at 49.5-55% (train and test), the word-to-picture
+match being more than the demo budget teaches."""
 
 
 def _build_nlvr2(fashion: Path, dest: Path, num_sets: tuple[int, int, int], rng: random.Random) -> dict[str, int]:
@@ -569,13 +575,14 @@ def _build_nlvr2(fashion: Path, dest: Path, num_sets: tuple[int, int, int], rng:
         pools["test1"][kind] += all_files[c][4::5] or all_files[c][-1:]
         pools["train"][kind] += [f for i, f in enumerate(all_files[c]) if i % 5 != 4] or all_files[c]
     kinds = sorted(pools["train"])
+    named = [kind for kind in NLVR2_NAMED_KINDS if kind in kinds] or kinds
     counts = {}
     for split, count in zip(("train", "dev", "test1"), num_sets, strict=True):
         by_kind = pools["test1" if split == "test1" else "train"]
         lines = []
         for set_id in range(count):
             template, truth = _NLVR2_TEMPLATES[set_id % len(_NLVR2_TEMPLATES)]
-            target = rng.choice(kinds)
+            target = rng.choice(named)
             sentence = template.format(c=target)
             # One sentence on two pairs (pair ids 0 and 1) with opposite labels when it can be drawn.
             for pair_id, wanted in enumerate(rng.sample([True, False], 2)):

@@ -80,11 +80,6 @@ def hash_batch(paths: list[str]) -> list[str]:
     return [file_sha256(path) for path in paths]
 
 
-def file_identity(path: str | os.PathLike[str]) -> Identity:
-    st = os.stat(path)
-    return st.st_size, st.st_mtime_ns, st.st_ctime_ns, st.st_ino
-
-
 @dataclass
 class HashStats:
     num_files: int = 0
@@ -120,14 +115,20 @@ class HashMemo:
         loaded.
         """
         keys = [absolute_path(path) for path in paths]
+        # One pass, one `stat` per distinct file: this loop is the whole cost of an unchanged rerun.
+        entries, stat = self.entries, os.stat
         current: dict[str, Identity] = {}
+        known: dict[str, str] = {}
         for key in keys:
-            if key not in current:
-                current[key] = file_identity(key)
-        entries = self.entries
-        known = {p: e[1] for p, e in entries.items() if current.get(p) == e[0]}
+            if key in current:
+                continue
+            st = stat(key)
+            identity = current[key] = (st.st_size, st.st_mtime_ns, st.st_ctime_ns, st.st_ino)
+            entry = entries.get(key)
+            if entry is not None and entry[0] == identity:
+                known[key] = entry[1]
         num_kept = len(known)
-        missing = [p for p in current if p not in known]
+        missing = [p for p in current if p not in known] if num_kept < len(current) else []
         if missing and self.before_hashing is not None:
             self.before_hashing()
         known.update(zip(missing, hash_files(missing, [current[p][0] for p in missing]), strict=True))

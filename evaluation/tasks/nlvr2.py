@@ -32,6 +32,7 @@ from evaluation.tasks.data import check_split, read_jsonl, text_segment, vl_imag
 SPLITS = {"train": "train", "val": "dev", "dev": "dev", "test": "test1", "test-P": "test1", "test-U": "test2"}
 IMAGE_PREFIXES = {"train": "images/train", "dev": "dev", "test1": "test1", "test2": "test2"}
 HEAD_INIT_SCALE = 1e-3
+"""The release scales the head's initial weights by 0.001 (`BEiT3ForVisualReasoning`); `head_init_scale` sets it."""
 
 _COMMON = dict(img_size=224, epochs=20, warmup_epochs=5, batch_size=256, weight_decay=0.2, drop_path=0.2)
 _COMMON |= dict(randaug=False, text_len=64, min_lr=1e-6)
@@ -56,7 +57,7 @@ class TwoLayerMLP(nn.Module):
 class VisualReasoningModel(nn.Module):
     """Both (image, sentence) pairs in one 2B forward; [vCLS_a, tCLS_a, vCLS_b, tCLS_b] -> `head`."""
 
-    def __init__(self, beit3: beit3_core.BEiT3, num_classes: int = 2):
+    def __init__(self, beit3: beit3_core.BEiT3, num_classes: int = 2, init_scale: float = HEAD_INIT_SCALE):
         super().__init__()
         dim = beit3.config.embed_dim
         self.beit3 = beit3
@@ -65,8 +66,8 @@ class VisualReasoningModel(nn.Module):
             for dense in (self.head.dense1, self.head.dense2):
                 trunc_normal_one_sigma_(dense.weight, std=0.02)
                 nn.init.zeros_(dense.bias)
-                dense.weight.mul_(HEAD_INIT_SCALE)
-                dense.bias.mul_(HEAD_INIT_SCALE)
+                dense.weight.mul_(init_scale)
+                dense.bias.mul_(init_scale)
 
     def forward(
         self, image: torch.Tensor, image2: torch.Tensor, text: torch.Tensor, text_padding_mask: torch.Tensor
@@ -138,8 +139,11 @@ class NLVR2Task(Task):
     recipes = RECIPES
     selection_key = "accuracy"
 
-    def build_model(self, backbone_name: str, **overrides: Any) -> VisualReasoningModel:
-        return VisualReasoningModel(beit3_core.build_model(backbone_name, **(overrides | {"normalize_output": True})))
+    def build_model(
+        self, backbone_name: str, head_init_scale: float = HEAD_INIT_SCALE, **overrides: Any
+    ) -> VisualReasoningModel:
+        backbone = beit3_core.build_model(backbone_name, **(overrides | {"normalize_output": True}))
+        return VisualReasoningModel(backbone, init_scale=head_init_scale)
 
     def dataset(self, split: str, root: str | Path, tokenizer: Any, img_size: int, **options: Any) -> NLVR2Dataset:
         return NLVR2Dataset(root, split, tokenizer, img_size, **options)

@@ -102,6 +102,15 @@ def test_head_keys_and_init():
     assert model.head.dense1.weight.abs().max() <= 0.02 * 1e-3 + 1e-12
 
 
+def test_head_init_scale_is_a_head_option():
+    """The release's 0.001 by default; `head_init_scale` (model.head_options) scales the same draw."""
+    torch.manual_seed(0)
+    released = TASK.build_model("beit3_tiny", **SMALL).head.dense1.weight
+    torch.manual_seed(0)
+    plain = TASK.build_model("beit3_tiny", head_init_scale=1.0, **SMALL).head.dense1.weight
+    assert plain.abs().max() > 0.015 and torch.allclose(released, plain * 1e-3)  # one-sigma truncated, std 0.02
+
+
 def test_pair_forward_is_per_example(root, tokenizer):
     torch.manual_seed(0)
     model = TASK.build_model("beit3_tiny", **SMALL).eval()
