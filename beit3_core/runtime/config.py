@@ -165,6 +165,9 @@ class RunSettings:
     """Ray Train workers (ranks)."""
     cpus_per_worker: float = 1.0
     use_gpu: bool = False
+    cpu_bf16: bool = False
+    """bf16 autocast on CPU workers (`beit3_core.runtime.precision`): faster where the CPU has native bf16,
+    no longer bit-exact with fp32."""
     max_failures: int = 2
     """Worker failures Ray Train recovers from (restarting from the last checkpoint); -1 = unlimited."""
     keep_checkpoints: int = 2

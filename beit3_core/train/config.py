@@ -110,7 +110,7 @@ class RunSection(RunSettings):
     strategy: str = "ddp"
     """"ddp" or "fsdp" (FSDP2 `fully_shard`; for large and giant on GPUs, also runs on CPU with gloo)."""
     bf16: bool = True
-    """bf16 autocast on GPU (ignored on CPU)."""
+    """bf16 autocast on GPU (on CPU: `cpu_bf16`)."""
     storage_path: str = "runs/pretrain"
     mlflow_experiment: str = "beit3-pretrain"
 

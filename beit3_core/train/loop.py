@@ -10,7 +10,6 @@ FSDP2 `set_requires_gradient_sync`).
 
 from __future__ import annotations
 
-import contextlib
 from pathlib import Path
 
 import torch
@@ -21,6 +20,7 @@ from beit3_core.itc import ITC_METRICS
 from beit3_core.mdm import STREAM_KINDS
 from beit3_core.optim import build_adamw
 from beit3_core.runtime.loop import Schedule, TrainingKind, WorkerContext, run_worker
+from beit3_core.runtime.precision import step_autocast
 from beit3_core.train.config import PretrainConfig, build_config
 from beit3_core.train.metrics import itc_step_flops, num_tokens, step_flops
 from beit3_core.train.model_setup import build_pretraining_model, gradient_sync, parallelize
@@ -61,8 +61,7 @@ class PretrainKind(TrainingKind):
         self.batches = {
             r: build_step_batches(cfg, self.model_config, info, r, total, start_step) for r in self.data_ranks
         }
-        cuda = ctx.device.type == "cuda" and cfg.run.bf16
-        self.autocast = torch.autocast("cuda", dtype=torch.bfloat16) if cuda else contextlib.nullcontext()
+        self.autocast = step_autocast(ctx.device, cfg.run.bf16, cfg.run.cpu_bf16)
         self.num_micro = cfg.optim.grad_accum_steps * len(self.data_ranks)
         self.current_step = start_step
 

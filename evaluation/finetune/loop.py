@@ -30,6 +30,7 @@ from torch import nn
 from torch.utils.data import DataLoader, Dataset, DistributedSampler
 
 from beit3_core.runtime.loop import Schedule, TrainingKind, WorkerContext, run_worker
+from beit3_core.runtime.precision import step_autocast
 from evaluation.finetune.config import FinetuneConfig, build_finetune_config
 from evaluation.finetune.predict import to_device
 from evaluation.finetune.weights import build_task_model, heads_to_copy, initialise, save_task_checkpoint
@@ -93,6 +94,7 @@ class FinetuneKind(TrainingKind):
 
             trained = ray.train.torch.prepare_model(trained, parallel_strategy_kwargs={"find_unused_parameters": True})
         self.trained = trained
+        self.autocast = step_autocast(self.ctx.device, False, self.cfg.run.cpu_bf16)
         self.batches = self._batches(start_step // self.steps_per_epoch)
 
     def _batches(self, first_epoch: int):
@@ -103,8 +105,9 @@ class FinetuneKind(TrainingKind):
 
     def step(self, step: int) -> tuple[dict[str, torch.Tensor], dict[str, float]]:
         batch = next(self.batches)
-        loss, metrics = self.trained(to_device(batch, self.ctx.device), step)
-        loss.backward()
+        with self.autocast:
+            loss, metrics = self.trained(to_device(batch, self.ctx.device), step)
+        loss.float().backward()
         return metrics, {"samples": self.cfg.data.batch_size // self.ctx.world_size}
 
     def log_extras(self, step: int) -> dict[str, float]:
