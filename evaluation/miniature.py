@@ -558,10 +558,11 @@ _NLVR2_TEMPLATES = (
 )
 NLVR2_NAMED_KINDS = ("shoe",)
 """The kinds the statements name (the pictures show every kind). Measured on the demo (beit3_tiny, 64 px, 10
-epochs, 200 test examples, see configs/finetune_demo_nlvr2.yaml): naming one kind in these four forms the
-fine-tune reaches 85-90%; naming any of the five kinds it stays at 49.5-55% (train and test), and naming a shoe
-or a bag at 50.0: the word-to-picture match takes more than the demo budget. An "exactly one" form (an XOR of
-the two pictures) left one seed in three at 50-60% even with 15 epochs."""
+epochs, 200 test examples, configs/finetune_demo_nlvr2.yaml): naming a shoe in these four forms the fine-tune
+reaches 85.5-91.5% (three seeds); naming any of the five kinds it stays at 49.5% (train 55.0), naming a shoe or
+a bag at 50.0: the word-to-picture match takes more than the demo budget. With a fifth form, "Exactly one image
+shows a shoe." (an XOR of the two pictures), two seeds of three stayed at 50-53% (one still at 60.0 after 15
+epochs)."""
 
 
 def _build_nlvr2(fashion: Path, dest: Path, num_sets: tuple[int, int, int], rng: random.Random) -> dict[str, int]:
