@@ -49,3 +49,6 @@ def worker(rank: int, world: int, port: int, out_dir: str) -> None:
         dist.barrier()
     finally:
         dist.destroy_process_group()
+    # Leave without the interpreter's teardown: gloo and autograd threads can still be joinable then, and a C++
+    # destructor aborts the finished process ("terminate called without an active exception"); seen under load.
+    os._exit(0)
