@@ -92,21 +92,36 @@ class HashStats:
 
 @dataclass
 class HashMemo:
-    """Absolute path -> (identity, sha256), loaded from and saved to one Parquet file (or kept in memory)."""
+    """Absolute path -> (identity, sha256), loaded from and saved to one Parquet file (or kept in memory).
+
+    The entries are kept as parallel lists in the order of the last call's paths: a rerun over the same listing
+    compares whole lists (a C loop) instead of looking up each file.
+    """
 
     location: Path | None = None
-    entries: dict[str, tuple[Identity, str]] = field(default_factory=dict)
+    paths: list[str] = field(default_factory=list)
+    identities: list[Identity] = field(default_factory=list)
+    shas: list[str] = field(default_factory=list)
     stats: HashStats = field(default_factory=HashStats)
     before_hashing: Callable[[], None] | None = None
     """Called once before any file is read (e.g. to start Ray only when there is something to hash)."""
+    derived: dict[bytes, bytes] = field(default_factory=dict)
+    """What callers computed from exactly these paths and hashes (e.g. a shard plan), saved with them; cleared
+    whenever the paths or hashes change, so it never outlives what it was computed from."""
+    unchanged: bool = False
+    """Whether the last `sha256_of` found the saved listing and identities as they were (`derived` holds)."""
 
     @classmethod
     def open(cls, location: str | os.PathLike[str] | None) -> HashMemo:
         memo = cls(Path(location) if location else None)
         if memo.location is not None and memo.location.is_file():
             with gc_paused():
-                memo.entries = _read_entries(memo.location)
+                memo.paths, memo.identities, memo.shas, memo.derived = _read_entries(memo.location)
         return memo
+
+    @property
+    def entries(self) -> dict[str, tuple[Identity, str]]:
+        return dict(zip(self.paths, zip(self.identities, self.shas, strict=True), strict=True))
 
     def sha256_of(self, paths: Iterable[str | os.PathLike[str]]) -> list[str]:
         """sha256 of each file of `paths`, in order; only files whose identity changed are read.
@@ -114,19 +129,23 @@ class HashMemo:
         The memo then holds exactly these files (by absolute path) and is saved if anything differs from what was
         loaded.
         """
-        keys = [absolute_path(path) for path in paths]
-        # One pass, one `stat` per distinct file: this loop is the whole cost of an unchanged rerun.
-        entries, stat = self.entries, os.stat
-        current: dict[str, Identity] = {}
-        known: dict[str, str] = {}
-        for key in keys:
-            if key in current:
-                continue
-            st = stat(key)
-            identity = current[key] = (st.st_size, st.st_mtime_ns, st.st_ctime_ns, st.st_ino)
-            entry = entries.get(key)
-            if entry is not None and entry[0] == identity:
-                known[key] = entry[1]
+        paths, self.unchanged = list(paths), False
+        if paths == self.paths:  # the same listing (hence absolute paths): one `stat` each, no lookups
+            identities = [(s.st_size, s.st_mtime_ns, s.st_ctime_ns, s.st_ino) for s in map(os.stat, paths)]
+            if identities == self.identities:
+                self.stats, self.unchanged = HashStats(num_files=len(paths)), True
+                return list(self.shas)
+            current = dict(zip(paths, identities, strict=True))
+            keys = paths
+        else:
+            keys = [absolute_path(path) for path in paths]
+            current = {}
+            for key in keys:  # one `stat` per distinct file
+                if key not in current:
+                    st = os.stat(key)
+                    current[key] = (st.st_size, st.st_mtime_ns, st.st_ctime_ns, st.st_ino)
+        entries = self.entries
+        known = {p: entries[p][1] for p, identity in current.items() if p in entries and entries[p][0] == identity}
         num_kept = len(known)
         missing = [p for p in current if p not in known] if num_kept < len(current) else []
         if missing and self.before_hashing is not None:
@@ -138,27 +157,33 @@ class HashMemo:
             bytes_hashed=sum(current[p][0] for p in missing),
             num_pruned=len(entries) - num_kept,
         )
-        if missing or num_kept != len(entries):  # else every entry is current: nothing to rebuild or save
-            self.entries = {p: (identity, known[p]) for p, identity in current.items()}
-            self.save()
+        self.paths, self.identities = list(current), list(current.values())
+        self.shas = [known[p] for p in self.paths]
+        self.derived = {}
+        self.save()  # the listing, an identity or a hash differs from what was loaded
         return [known[key] for key in keys]
 
     def save(self) -> None:
         if self.location is None:
             return
-        paths = list(self.entries)
-        ids = [self.entries[p][0] for p in paths]
-        columns = [paths, *([i[k] for i in ids] for k in range(4)), [self.entries[p][1] for p in paths]]
+        columns = [self.paths, *(list(c) for c in zip(*self.identities, strict=True)), self.shas]
+        if not self.paths:
+            columns = [[] for _ in _SCHEMA.names]
         arrays = [pa.array(c, t) for c, t in zip(columns, _SCHEMA.types, strict=True)]
-        table = pa.Table.from_arrays(arrays, schema=_SCHEMA)
+        table = pa.Table.from_arrays(arrays, schema=_SCHEMA.with_metadata(self.derived))
         self.location.parent.mkdir(parents=True, exist_ok=True)
         write_atomic(self.location, lambda f: pq.write_table(table, f))
 
 
-def _read_entries(location: Path) -> dict[str, tuple[Identity, str]]:
-    table = pq.read_table(location, schema=_SCHEMA).to_pydict()
-    rows = zip(*(table[name] for name in _SCHEMA.names), strict=True)
-    return {path: ((size, mt, ct, ino), sha) for path, size, mt, ct, ino, sha in rows}
+def _read_entries(location: Path) -> tuple[list[str], list[Identity], list[str], dict[bytes, bytes]]:
+    """(paths, identities, sha256s) in their saved order, and the derived values saved with them."""
+    table = pq.read_table(location)
+    if table.schema.remove_metadata() != _SCHEMA:
+        raise ValueError(f"{location}: not a content-hash memo (schema {table.schema.remove_metadata()})")
+    column = table.column
+    identities = list(zip(*(column(name).to_pylist() for name in _SCHEMA.names[1:5]), strict=True))
+    derived = dict(table.schema.metadata or {})
+    return column("path").to_pylist(), identities, column("sha256").to_pylist(), derived
 
 
 def absolute_path(path: str | os.PathLike[str]) -> str:

@@ -7,13 +7,16 @@ only decides which files need re-reading.
 """
 
 import hashlib
+import json
 import math
 import os
+from array import array
 from dataclasses import dataclass
 from pathlib import Path
 
 from preprocessing.content_hash import HashMemo, gc_paused
 from preprocessing.sources import SourceSpec, get_reader
+from preprocessing.sources.reader import list_files
 
 FOLDER_FORMATS = ("image_folder", "imagenet_folder", "text_files")
 HASH_MEMO_DIR = "_work/hashes"
@@ -42,10 +45,6 @@ def hash_memo(output: str | os.PathLike[str], source: str) -> HashMemo:
     return HashMemo.open(Path(output) / HASH_MEMO_DIR / f"{source}.parquet")
 
 
-def _stable_hash(text: str) -> int:
-    return int.from_bytes(hashlib.sha1(text.encode()).digest()[:8], "big")
-
-
 def plan_source(spec: SourceSpec, files_per_shard: int, memo: HashMemo | None = None) -> list[ShardPlan]:
     """The shards of one source, in a stable order.
 
@@ -57,7 +56,10 @@ def plan_source(spec: SourceSpec, files_per_shard: int, memo: HashMemo | None = 
 
 
 def _plan_source(spec: SourceSpec, files_per_shard: int, memo: HashMemo | None = None) -> list[ShardPlan]:
-    listed = get_reader(spec.format).relative_input_groups(spec)
+    reader = get_reader(spec.format)
+    if spec.format in FOLDER_FORMATS and reader.referenced_files is None:
+        return _plan_folder(spec, files_per_shard, list_files(spec, reader.suffixes), memo or HashMemo())
+    listed = reader.relative_input_groups(spec)
     groups = [group for _, group in listed]
     relative = {group[0]: rel for rel, group in listed}
     root = str(spec.root)
@@ -67,24 +69,55 @@ def _plan_source(spec: SourceSpec, files_per_shard: int, memo: HashMemo | None =
                 relative[path] = spec.relative(path, root)
     paths = list(relative)
     content = dict(zip(paths, (memo or HashMemo()).sha256_of(paths), strict=True))
-    if spec.format in FOLDER_FORMATS:
-        files = [f for group in groups for f in group]
-        num_buckets = max(1, 2 ** math.ceil(math.log2(max(1, len(files)) / files_per_shard)) if files else 1)
-        buckets: list[list[str]] = [[] for _ in range(num_buckets)]
-        for path in files:
-            buckets[_stable_hash(relative[path]) % num_buckets].append(path)
-        return [
-            ShardPlan(
-                f"{spec.name}-b{b:05d}of{num_buckets:05d}", spec, tuple(fs), _fingerprint(spec, fs, relative, content)
-            )
-            for b, fs in enumerate(buckets)
-            if fs
-        ]
     plans = []
     for group in groups:
         name = f"{spec.name}-{hashlib.sha1(relative[group[0]].encode()).hexdigest()[:10]}"
         plans.append(ShardPlan(name, spec, tuple(group), _fingerprint(spec, list(group), relative, content)))
     return plans
+
+
+def _plan_folder(
+    spec: SourceSpec, files_per_shard: int, listed: list[tuple[str, str]], memo: HashMemo
+) -> list[ShardPlan]:
+    """One file per record: each file goes to the bucket of its relative path's hash.
+
+    Per-file work is all an unchanged rerun of a large folder costs, so it runs as comprehensions over parallel
+    lists, and the memo keeps the bucket of each file and the fingerprint of each bucket: when the listing and
+    every file's identity are as they were, the plan is read back instead of recomputed. `listed` is sorted by
+    relative path, so each bucket's files are too (the order the fingerprint hashes).
+    """
+    relative = [rel for rel, _ in listed]
+    paths = [path for _, path in listed]
+    shas = memo.sha256_of(paths)
+    num_buckets = max(1, 2 ** math.ceil(math.log2(max(1, len(paths)) / files_per_shard)) if paths else 1)
+    key = f"folder-plan|{spec.name}|{spec.format}|{spec.root}|{num_buckets}".encode()
+    saved = memo.derived.get(key) if memo.unchanged else None
+    if saved is not None:
+        fingerprints = json.loads(saved)
+        bucket_of = array("i", memo.derived[key + b"|buckets"])
+    else:
+        sha1, from_bytes = hashlib.sha1, int.from_bytes
+        # The first 8 bytes of the relative path's sha1, big-endian: the shards of a folder depend on this.
+        bucket_of = array("i", [from_bytes(sha1(rel.encode()).digest()[:8], "big") % num_buckets for rel in relative])
+    buckets: list[list[int]] = [[] for _ in range(num_buckets)]
+    for i, b in enumerate(bucket_of):
+        buckets[b].append(i)
+    if saved is None:
+        fingerprints = {}
+        for b, members in enumerate(buckets):
+            if members:
+                digest = hashlib.sha256(f"{spec.name}|{spec.format}".encode())
+                digest.update("".join([f"{relative[i]}={shas[i]};" for i in members]).encode())
+                fingerprints[str(b)] = digest.hexdigest()
+        memo.derived = {key: json.dumps(fingerprints).encode(), key + b"|buckets": bucket_of.tobytes()}
+        memo.save()
+    return [
+        ShardPlan(
+            f"{spec.name}-b{b:05d}of{num_buckets:05d}", spec, tuple([paths[i] for i in members]), fingerprints[str(b)]
+        )
+        for b, members in enumerate(buckets)
+        if members
+    ]
 
 
 def code_version() -> str:

@@ -57,13 +57,22 @@ def list_files(spec: SourceSpec, suffixes: tuple[str, ...]) -> list[tuple[str, s
     if not spec.path.is_dir():
         raise FileNotFoundError(f"source {spec.name!r}: {spec.path} does not exist")
     base = os.path.abspath(spec.path)  # normalised: no trailing "/", so "dir/name" needs no os.path.join
-    found = []
-    for dirpath, dirnames, filenames in os.walk(base):
-        dirnames[:] = [d for d in dirnames if not d.startswith(".")]
-        prefix = "" if dirpath == base else spec.relative(dirpath, base) + "/"
-        names = [name for name in filenames if name[0] != "." and name.lower().endswith(suffixes)]
+    found: list[tuple[str, str]] = []
+    folders = [(base, "")]  # (absolute path, relative path + "/"), walked depth first
+    while folders:
+        folder, prefix = folders.pop()
+        names = []
+        with os.scandir(folder) as entries:  # an unreadable folder raises, naming it: nothing is skipped silently
+            for entry in entries:
+                if entry.name[0] == ".":
+                    continue
+                if entry.is_dir():  # d_type from the listing: no `stat` per entry
+                    if not entry.is_symlink():  # as os.walk: linked folders are not followed
+                        folders.append((entry.path, prefix + entry.name + "/"))
+                elif entry.name.lower().endswith(suffixes):
+                    names.append(entry.name)
         # Comprehensions and plain concatenation: per-file work is what a listing of millions costs.
-        found += zip([prefix + name for name in names], [f"{dirpath}/{name}" for name in names], strict=True)
+        found += zip([prefix + name for name in names], [f"{folder}/{name}" for name in names], strict=True)
     # Sorting on the relative POSIX path makes record order independent of the file system's listing order.
     found.sort()
     return found

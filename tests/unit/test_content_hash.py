@@ -10,6 +10,7 @@ import os
 import time
 from pathlib import Path
 
+import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 from support.file_opens import count_opens
@@ -89,3 +90,34 @@ def test_memo_drops_entries_of_deleted_files(source: SourceSpec, tmp_path: Path)
     assert opened == [] and memo.stats.num_pruned == 1
     on_disk = pq.read_table(memo.location).column("path").to_pylist()
     assert len(on_disk) == 39 and str(gone) not in on_disk
+
+
+def plans_of(spec: SourceSpec, files_per_shard: int, memo: HashMemo | None = None) -> list[tuple[str, tuple, str]]:
+    return [(p.name, p.files, p.input_fingerprint) for p in plan_source(spec, files_per_shard, memo)]
+
+
+def test_plan_read_back_from_the_memo_equals_a_plan_computed_afresh(source: SourceSpec, tmp_path: Path):
+    fresh = plans_of(source, 8)
+    assert len(fresh) > 1 and sum(len(files) for _, files, _ in fresh) == 40
+    assert plans_of(source, 8, hash_memo(tmp_path / "out", source.name)) == fresh
+    memo = hash_memo(tmp_path / "out", source.name)
+    assert memo.derived  # the plan was saved with the hashes
+    assert plans_of(source, 8, memo) == fresh and memo.unchanged
+    # Another shard size over the same unchanged files: computed, not read back.
+    assert plans_of(source, 3, hash_memo(tmp_path / "out", source.name)) == plans_of(source, 3)
+
+
+def test_saved_plan_is_dropped_when_the_listing_changes(source: SourceSpec, tmp_path: Path):
+    plans_of(source, 8, hash_memo(tmp_path / "out", source.name))
+    (Path(source.path) / "d0" / "f100.txt").write_text("a new file\n")
+    (Path(source.path) / "d1" / "f001.txt").unlink()
+    memo = hash_memo(tmp_path / "out", source.name)
+    assert plans_of(source, 8, memo) == plans_of(source, 8) and not memo.unchanged
+    assert plans_of(source, 8, hash_memo(tmp_path / "out", source.name)) == plans_of(source, 8)
+
+
+def test_memo_of_another_layout_is_refused(source: SourceSpec, tmp_path: Path):
+    location = tmp_path / "not_a_memo.parquet"
+    pq.write_table(pa.table({"path": ["a"], "sha256": ["b"]}), location)
+    with pytest.raises(ValueError, match="not a content-hash memo"):
+        HashMemo.open(location)
