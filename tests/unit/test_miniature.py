@@ -223,7 +223,7 @@ def test_test_split_takes_the_held_out_items_there_are(demo, tmp_path):
     test = [i for i in flickr["images"] if i["split"] == "test"]
     # 5 test positions asked for, 3 held-out emoji: the test split is those 3, the rest comes from the corpus.
     assert flickr["info"]["test_held_out"] is True
-    assert sorted(i["sentences"][0]["raw"] for i in test) == [f"An emoji of held symbol {i}." for i in range(3)]
+    assert sorted(i["sentences"][0]["raw"] for i in test) == [f"held symbol {i}" for i in range(3)]
     # Every corpus emoji is in the file (30 + 3 > the 24 positions asked for).
     assert len(flickr["images"]) == 33 and result["tasks"]["flickr30k_retrieval"]["counts"]["val"] == 2
     # The COCO-style file has no held-out stamps: its 5 test images come from the corpus.
@@ -245,7 +245,7 @@ def test_flickr_test_split_prefers_captions_of_known_words(demo, tmp_path):
     result = build_miniature_benchmarks(demo_copy, tmp_path / "mini", seed=3, **(SIZES | {"num_test_images": 2}))
     flickr = json.loads((result["out_root"] / "flickr30k" / "dataset_flickr30k.json").read_text())
     test = [i["sentences"][0]["raw"] for i in flickr["images"] if i["split"] == "test"]
-    assert test == ["An emoji of symbol frog hen.", "An emoji of symbol zebra."]
+    assert test == ["symbol frog hen", "symbol zebra"]
 
 
 def _read_back(tasks: dict, tokenizer) -> dict[str, int]:
