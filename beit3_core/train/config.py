@@ -30,6 +30,9 @@ class ModelSection:
     MDM (projections start at init) or ITC checkpoint."""
     drop_path_rate: float = 0.1
     grad_checkpointing: bool = False
+    loss_weights: dict = field(default_factory=dict)
+    """MDM loss weight per stream kind (`image`, `text`, `pair_image`, `pair_text`; absent = 1.0, the paper's equal
+    weights)."""
 
     def __post_init__(self) -> None:
         if self.objective not in OBJECTIVES:

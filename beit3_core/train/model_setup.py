@@ -22,7 +22,10 @@ def build_pretraining_model(cfg: PretrainConfig, model_config: dict) -> BEiT3For
     """
     torch.manual_seed(cfg.run.seed)  # identical initial weights on every rank
     itc = cfg.model.objective == "itc"
-    model = BEiT3ForITC(BEiT3Config(**model_config)) if itc else BEiT3ForMDM(BEiT3Config(**model_config))
+    if itc:
+        model = BEiT3ForITC(BEiT3Config(**model_config))
+    else:
+        model = BEiT3ForMDM(BEiT3Config(**model_config), loss_weights=cfg.model.loss_weights)
     source = cfg.model.init_checkpoint
     if source:
         path = Path(source)

@@ -126,6 +126,15 @@ def test_itc_run_starts_from_an_mdm_checkpoint_with_fresh_projections(tmp_path):
     assert model.logit_scale.item() == pytest.approx(LOGIT_SCALE_INIT)
 
 
+def test_mdm_loss_weights_come_from_the_config():
+    config = get_config("beit3_tiny", **SMALL).to_dict()
+    cfg = build_config("tiny_cpu", {"model": {"loss_weights": {"text": 2.5}}})
+    model = build_pretraining_model(cfg, config)
+    assert model.loss_weights == {"image": 1.0, "text": 2.5, "pair_image": 1.0, "pair_text": 1.0}
+    with pytest.raises(ValueError, match="unknown MDM loss weight keys"):
+        build_pretraining_model(build_config("tiny_cpu", {"model": {"loss_weights": {"txt": 2.0}}}), config)
+
+
 def test_itc_on_shards_without_pairs_is_an_error(tmp_path):
     shards = [{"name": "s0", "tar": "s0.tar", "counts": {"image": 5, "text": 7}}]
     (tmp_path / "manifest.json").write_text(json.dumps({"shards": shards}))
