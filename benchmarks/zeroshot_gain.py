@@ -4,7 +4,8 @@ For each zero-shot unit of a pipeline run (the miniature Karpathy test splits, h
 - chance: a random ranking, R@k = 100 * k / number of test images (one caption per image);
 - MDM without ITC: the pretrained checkpoint with the projections and logit scale at the initialisation the
   ITC run starts from (same seed), i.e. exactly the ITC run's step 0;
-- after ITC: the ITC step's checkpoint.
+- after ITC: the newest ITC step's checkpoint;
+evaluated with the zero-shot step's settings of each unit (image size, text length).
 
     python benchmarks/zeroshot_gain.py runs/pipeline-demo [--config configs/pipeline_demo.yaml]
 """
@@ -32,7 +33,8 @@ def main() -> int:
     args = parser.parse_args()
     cfg = load_pipeline_config(args.config)
     run_dir = cfg.run_dir
-    (itc_ckpt,) = sorted(run_dir.glob("itc/itc-*/final/model.safetensors"))
+    # The newest ITC run: a changed ITC config adds a run beside the earlier ones.
+    itc_ckpt = max(run_dir.glob("itc/itc-*/final/model.safetensors"), key=lambda path: path.stat().st_mtime)
     itc_cfg = resolve_pretrain(cfg, "sqlite://", None, "itc")
     itc_cfg.model.init_checkpoint = json.loads((itc_ckpt.parent.parent / "run_info.json").read_text())["config"][
         "model"
@@ -46,7 +48,16 @@ def main() -> int:
         for unit in cfg.zeroshot:
             row = {}
             for name, checkpoint in (("mdm_without_itc", no_itc), ("after_itc", itc_ckpt)):
-                metrics = evaluate_zeroshot(unit.unit, checkpoint, unit.root, tokenizer, batch_size=32, text_len=64)
+                metrics = evaluate_zeroshot(  # the zero-shot step's settings (flows/steps/zeroshot.py)
+                    unit.unit,
+                    checkpoint,
+                    unit.root,
+                    tokenizer,
+                    img_size=unit.img_size,
+                    batch_size=unit.batch_size,
+                    chunk_size=unit.chunk_size,
+                    text_len=unit.text_len,
+                )
                 row[name] = {k: round(metrics[k], 2) for k in KEYS}
             n = metrics["num_images"]
             row["chance"] = {k: round(min(100.0, 100.0 * int(k.split("_r")[1]) / n), 2) for k in KEYS}
