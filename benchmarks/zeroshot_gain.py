@@ -7,7 +7,7 @@ For each zero-shot unit of a pipeline run (the miniature Karpathy test splits, h
 - after ITC: the newest ITC step's checkpoint;
 evaluated with the zero-shot step's settings of each unit (image size, text length).
 
-    python benchmarks/zeroshot_gain.py runs/pipeline-demo [--config configs/pipeline_demo.yaml]
+    python benchmarks/zeroshot_gain.py [--config configs/pipeline_demo.yaml]   # the config's run_dir
 """
 
 import argparse

@@ -22,6 +22,8 @@ FOLDER_FORMATS = ("image_folder", "imagenet_folder", "text_files")
 HASH_MEMO_DIR = "_work/hashes"
 """Under a preprocessing output: one content-hash memo per source, shared by ingest and preprocessing."""
 _CODE_ROOTS = ("preprocessing", "beit3_core/data", "beit3_core/text_tokenizer.py")
+_FOLDER_PLAN_VERSION = 1
+"""Part of the key of a folder plan saved in the memo: change it with the bucket or fingerprint computation."""
 
 
 @dataclass(frozen=True)
@@ -90,7 +92,7 @@ def _plan_folder(
     paths = [path for _, path in listed]
     shas = memo.sha256_of(paths)
     num_buckets = max(1, 2 ** math.ceil(math.log2(max(1, len(paths)) / files_per_shard)) if paths else 1)
-    key = f"folder-plan|{spec.name}|{spec.format}|{spec.root}|{num_buckets}".encode()
+    key = f"folder-plan-v{_FOLDER_PLAN_VERSION}|{spec.name}|{spec.format}|{spec.root}|{num_buckets}".encode()
     saved = memo.derived.get(key) if memo.unchanged else None
     if saved is not None:
         fingerprints = json.loads(saved)
