@@ -5,7 +5,9 @@
                                              |-----> finetune-scratch[<task>] ------------|
                                              |       (with compare_scratch)               |
                                              +--> itc --> zeroshot[<unit>] ---------------+
-                                                          (one per zero-shot unit)
+                                                   |      (one per zero-shot unit)        |
+                                                   +----> finetune[<task>], init: itc ----+
+                                                          (the retrieval recipe)
 
 Each step is a task in `flows.steps` whose cache key is the content fingerprint of its inputs + its resolved
 config + its code version (`flows.steps.keys`), so an unchanged rerun is all cache hits and a changed raw file
@@ -111,9 +113,10 @@ def beit3_pipeline(
             force=selection.forced("pretrain"),
             run_dir=str(cfg.run_dir),
         )
-        zeroshot_results = _itc_and_zeroshot(
+        tuned, zeroshot_results = _itc_and_zeroshot(
             cfg, itc_cfg, pre_cfg, steps, selection, dataset, pretrained, settings, tracking
         )
+        inits = {"pretrain": pretrained, "itc": tuned}
         kinds = [PRETRAINED, SCRATCH] if scratch else [PRETRAINED]
         finetuned = []
         for kind in kinds:
@@ -121,7 +124,7 @@ def beit3_pipeline(
                 b.task: {
                     "task_name": b.task,
                     "config": benchmark_config(b, cfg, pre_cfg),
-                    "pretrained": pretrained,
+                    "pretrained": inits[b.init],
                     "run_dir": str(cfg.run_dir),
                     "settings": settings,
                     "tracking": tracking,
@@ -156,12 +159,16 @@ def beit3_pipeline(
     }
 
 
-def _itc_and_zeroshot(cfg, itc_cfg, pre_cfg, steps, selection, dataset, pretrained, settings, tracking) -> dict:
-    """The ITC step and the zero-shot units after it (their outputs by unit), when configured; not called at all
-    when neither they nor the report run, so `--only finetune` needs no earlier ITC output."""
+def _itc_and_zeroshot(
+    cfg, itc_cfg, pre_cfg, steps, selection, dataset, pretrained, settings, tracking
+) -> tuple[dict | None, dict]:
+    """The ITC step's output and the zero-shot units after it (their outputs by unit), when configured; not
+    called at all when neither they, a fine-tune starting from ITC nor the report run, so `--only finetune` of a
+    benchmark that starts from the MDM checkpoint needs no earlier ITC output."""
     wanted = ["itc", *(f"zeroshot[{z.unit}]" for z in cfg.zeroshot), "report"]
+    wanted += [f"{kind}[{b.task}]" for b in cfg.benchmarks if b.init == "itc" for kind in (PRETRAINED, SCRATCH)]
     if not cfg.itc or not any(selection.runs(label) for label in wanted):
-        return {}
+        return None, {}
     tuned = steps.run(
         "itc",
         itc,
@@ -172,7 +179,7 @@ def _itc_and_zeroshot(cfg, itc_cfg, pre_cfg, steps, selection, dataset, pretrain
         tracking=tracking,
         force=selection.forced("itc"),
     )
-    return steps.map(
+    return tuned, steps.map(
         "zeroshot",
         zeroshot,
         {

@@ -81,6 +81,9 @@ class RetrievalDataset(Dataset):
 
 class RetrievalTask(Task):
     selection_key = "average_score"
+    # The released recipe fine-tunes the ITC checkpoint (`beit3_*_itc_patch16_224.pth`) with its projections and
+    # logit scale; an MDM checkpoint has none, so these stay at their initialisation.
+    pretrained_heads = ("vision_head.", "language_head.", "logit_scale")
 
     def __init__(self, name: str, benchmark: str, recipes: dict[str, dict[str, Any]]):
         self.name, self.benchmark, self.recipes = name, benchmark, recipes

@@ -8,6 +8,7 @@
     benchmarks:                                 # task names, or {task, overrides}
       - vqav2
       - {task: nlvr2, overrides: {epochs: 1}}
+      - {task: coco_retrieval, init: itc}       # start from the ITC checkpoint (the released retrieval recipe)
     itc:                                        # optional: ITC tuning of the pretrained checkpoint
       recipe: itc_tiny_cpu
       overrides: {run: {steps: 40}}
@@ -28,7 +29,7 @@ benchmark's `storage_path` override wins.
 import json
 import os
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
@@ -67,6 +68,10 @@ class Benchmark(_Strict):
     task: str = Field(pattern=r"^[a-z0-9_]+$")
     overrides: dict[str, Any] = Field(default_factory=dict)
     """The task's fine-tuning config, passed to `evaluation.finetune.run_finetune`."""
+    init: Literal["pretrain", "itc"] = "pretrain"
+    """The checkpoint the fine-tune starts from: the MDM pretraining's, or the ITC step's (the released COCO and
+    Flickr30K retrieval fine-tunes start from `beit3_*_itc_patch16_224.pth`; its projections and logit scale are
+    kept). The scratch control draws a random model of that checkpoint's architecture."""
 
     @model_validator(mode="before")
     @classmethod
@@ -129,6 +134,9 @@ class PipelineConfig(_Strict):
     def _zeroshot_needs_itc(self) -> "PipelineConfig":
         if self.zeroshot and self.itc is None:
             raise ValueError("zero-shot units evaluate the ITC checkpoint: add an `itc` section")
+        from_itc = [b.task for b in self.benchmarks if b.init == "itc"]
+        if from_itc and self.itc is None:
+            raise ValueError(f"benchmarks {from_itc} start from the ITC checkpoint (init: itc): add an `itc` section")
         units = [z.unit for z in self.zeroshot]
         if len(set(units)) != len(units):
             raise ValueError(f"zero-shot units must be unique, got {units}")

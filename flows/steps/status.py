@@ -84,15 +84,17 @@ def pipeline_status(config_path: str | Path) -> list[StepStatus]:
     stale = check("pretrain", None if upstream else pretrain_key_of(pretrain_cfg, dataset), upstream)
     pretrained = (ledger.get("pretrain") or {}).get("output")
     upstream = "pretrain" if stale or not pretrained else None
-    benchmarks, any_stale = _itc_and_zeroshot_status(
+    benchmarks, any_stale, tuned, itc_upstream = _itc_and_zeroshot_status(
         cfg, pre_cfg, settings, ledger, check, dataset, pretrained, upstream
     )
+    inits = {"pretrain": (pretrained, upstream), "itc": (tuned, itc_upstream)}
     kinds = [PRETRAINED, SCRATCH] if cfg.compare_scratch else [PRETRAINED]
     for kind, b in ((kind, b) for kind in kinds for b in cfg.benchmarks):
         label = f"{kind}[{b.task}]"
         config = benchmark_config(b, cfg, pre_cfg)
-        key = None if upstream else finetune_key_of(b.task, config, pretrained, str(cfg.run_dir), kind)
-        any_stale |= check(label, key, upstream)
+        init, init_upstream = inits[b.init]
+        key = None if init_upstream else finetune_key_of(b.task, config, init, str(cfg.run_dir), kind)
+        any_stale |= check(label, key, init_upstream)
         never_run = {"task": b.task, "kind": kind, "status": "never run"}
         benchmarks.append((ledger.get(label) or {}).get("output") or never_run)
     upstream = upstream or ("finetune or zeroshot" if any_stale else None)
@@ -101,10 +103,13 @@ def pipeline_status(config_path: str | Path) -> list[StepStatus]:
     return rows
 
 
-def _itc_and_zeroshot_status(cfg, pre_cfg, settings, ledger, check, dataset, pretrained, upstream) -> tuple[list, bool]:
-    """Check the ITC step and the zero-shot units; (their outputs for the report's key, whether any is stale)."""
+def _itc_and_zeroshot_status(
+    cfg, pre_cfg, settings, ledger, check, dataset, pretrained, upstream
+) -> tuple[list, bool, dict | None, str | None]:
+    """Check the ITC step and the zero-shot units: (the units' outputs for the report's key, whether any is stale,
+    the ITC step's last output, the stale step upstream of what starts from it)."""
     if not cfg.itc:
-        return [], False
+        return [], False, None, upstream
     itc_cfg = resolve_pretrain(cfg, settings.tracking_uri(cfg.run_dir), settings.ray_address, "itc")
     stale = check("itc", None if upstream else itc_key_of(itc_cfg, dataset, pretrained), upstream)
     tuned = (ledger.get("itc") or {}).get("output")
@@ -116,4 +121,4 @@ def _itc_and_zeroshot_status(cfg, pre_cfg, settings, ledger, check, dataset, pre
         key = None if upstream else zeroshot_key_of(z.unit, config, tuned, dataset, str(cfg.run_dir))
         any_stale |= check(label, key, upstream)
         outputs.append((ledger.get(label) or {}).get("output") or {"task": z.unit, "status": "never run"})
-    return outputs, any_stale
+    return outputs, any_stale, tuned, upstream

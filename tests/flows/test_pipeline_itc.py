@@ -1,5 +1,6 @@
-"""The DAG's ITC and zero-shot steps: pretrain -> itc -> zeroshot[flickr30k_zeroshot] -> report, with the real
-Prefect, Ray Train, MLflow and evaluation; cached and rerun like the other steps; a leaky test split fails."""
+"""The DAG's ITC and zero-shot steps: pretrain -> itc -> zeroshot[flickr30k_zeroshot] -> report, and a retrieval
+fine-tune started from the ITC checkpoint (`init: itc`), with the real Prefect, Ray Train, MLflow and evaluation;
+cached and rerun like the other steps; a leaky test split fails."""
 
 import json
 from pathlib import Path
@@ -15,7 +16,9 @@ from support.raw_data import build_raw_dataset, caption, image_bytes, tiny_prepr
 pytestmark = pytest.mark.slow
 
 UNIT = "flickr30k_zeroshot"
+RETRIEVAL = "finetune[flickr30k_retrieval]"
 STEPS = {"ingest[pairs]", "ingest[images]", "ingest[texts]", "preprocess", "pretrain", "itc", f"zeroshot[{UNIT}]"}
+STEPS |= {RETRIEVAL}
 ITC_OVERRIDES = {
     "model": micro_pretrain_overrides(loader_workers=0, warmup_steps=1)["model"],
     "data": {"pairs_per_step": 4, "pair_text_len": 8, "num_workers": 0},
@@ -29,14 +32,15 @@ def _run(config: Path, **selection) -> dict:
     return beit3_pipeline(str(config), **selection)
 
 
-def _karpathy(root: Path, images: list[tuple[bytes, str]]) -> Path:
+def _karpathy(root: Path, images: list[tuple[bytes, str]], splits: list[str] | None = None) -> Path:
     (root / "flickr30k-images").mkdir(parents=True)
     entries = []
     for imgid, (data, text) in enumerate(images):
         filename = f"{1000000 + imgid}.jpg"
         (root / "flickr30k-images" / filename).write_bytes(data)
         sentence = {"raw": text, "tokens": text.split(), "imgid": imgid, "sentid": imgid}
-        entries.append({"filename": filename, "imgid": imgid, "split": "test", "sentids": [], "sentences": [sentence]})
+        split = splits[imgid] if splits else "test"
+        entries.append({"filename": filename, "imgid": imgid, "split": split, "sentids": [], "sentences": [sentence]})
     (root / "dataset_flickr30k.json").write_text(json.dumps({"dataset": "flickr30k", "images": entries}))
     return root
 
@@ -50,8 +54,8 @@ def _checker(period: int) -> bytes:
     return buffer.getvalue()
 
 
-def _config(root: Path, preprocess: Path, writer, karpathy: Path, name: str) -> Path:
-    path = writer(root, preprocess, [], name=name)
+def _config(root: Path, preprocess: Path, writer, karpathy: Path, name: str, benchmarks: list) -> Path:
+    path = writer(root, preprocess, benchmarks, name=name)
     config = yaml.safe_load(path.read_text())
     config["itc"] = {"recipe": "itc_tiny_cpu", "overrides": ITC_OVERRIDES}
     config["zeroshot"] = [{"unit": UNIT, "root": str(karpathy), "batch_size": 2, "text_len": 16}]
@@ -68,8 +72,16 @@ def workspace(tmp_path_factory, pipeline_config_writer):
     clean = _karpathy(root / "clean", [(_checker(p), f"a checkered square number {p}") for p in (3, 5, 7)])
     # Sample 5 of the raw `pairs` tar (its picture and its caption), re-encoded as a benchmark copy would be.
     leaky = _karpathy(root / "leaky", [(_checker(4), "a checkered square"), (image_bytes(5, fmt="JPEG"), caption(5))])
-    config = _config(root, preprocess, pipeline_config_writer, clean, "pipeline.yaml")
-    return root, config, _config(root, preprocess, pipeline_config_writer, leaky, "leaky.yaml")
+    periods, splits = (2, 3, 4, 5, 6, 7), ["train"] * 4 + ["test"] * 2
+    retrieval = _karpathy(root / "retrieval", [(_checker(p), f"squares of {p} pixels") for p in periods], splits)
+    overrides = {
+        "data": {"root": str(retrieval), "batch_size": 2, "options": {"text_len": 16}},
+        "model": {"img_size": 32, "drop_path_rate": 0.0},
+        "run": {"epochs": 1, "num_workers": 1, "log_every": 1},
+    }
+    benchmarks = [{"task": "flickr30k_retrieval", "init": "itc", "overrides": overrides}]
+    config = _config(root, preprocess, pipeline_config_writer, clean, "pipeline.yaml", benchmarks)
+    return root, config, _config(root, preprocess, pipeline_config_writer, leaky, "leaky.yaml", [])
 
 
 @pytest.fixture(scope="module")
@@ -102,13 +114,20 @@ def test_first_run_tunes_and_evaluates_zero_shot(first_run, prefect_states):
     assert {"pretrain", "itc", f"zeroshot[{UNIT}]"} <= steps
     itc_run = next(c for c in children if c.data.tags["beit3.step"] == "itc")
     assert "loss" in itc_run.data.metrics and "final_chance_i2t" in itc_run.data.metrics
+    # The retrieval fine-tune started from the ITC step's model, not from the MDM checkpoint.
+    (itc_final,) = itc_dir.glob("itc-*/final/model.safetensors")
+    retrieval = results["benchmarks"]["flickr30k_retrieval"]
+    assert retrieval["init_checkpoint"] == str(itc_final) != results["pretrain"]["checkpoint"]
+    assert retrieval["metrics"]["num_images"] == 2
 
 
 def test_unchanged_rerun_and_selections_are_cache_hits(first_run, workspace, prefect_states):
     config = workspace[1]
     assert prefect_states(_run(config)["flow_run_id"]) == {label: "Cached" for label in STEPS | {"report"}}
     assert prefect_states(_run(config, only=["itc"])["flow_run_id"]) == {"itc": "Cached"}
-    after = {"itc": "Cached", f"zeroshot[{UNIT}]": "Cached", "report": "Cached"}
+    # The fine-tune that starts from ITC reads the ITC step's output from the ledger when run alone.
+    assert prefect_states(_run(config, only=["finetune"])["flow_run_id"]) == {RETRIEVAL: "Cached"}
+    after = {"itc": "Cached", f"zeroshot[{UNIT}]": "Cached", RETRIEVAL: "Cached", "report": "Cached"}
     assert prefect_states(_run(config, from_step="itc")["flow_run_id"]) == after
 
 

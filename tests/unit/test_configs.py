@@ -47,3 +47,16 @@ def test_the_demo_pipeline_names_a_config_for_each_benchmark(monkeypatch):
             benchmark.overrides["config"], overrides={"data": {"tokenizer": "configs/pipeline_demo.yaml"}}
         )
         assert config.task == benchmark.task
+
+
+def test_a_benchmark_starting_from_itc_needs_the_itc_step():
+    from flows.steps.config import PipelineConfig
+
+    base = {"run_dir": "/tmp/unused", "preprocess": "configs/preprocess_demo.yaml"}
+    benchmark = {"task": "coco_retrieval", "init": "itc"}
+    with pytest.raises(ValueError, match=r"\['coco_retrieval'\] start from the ITC checkpoint"):
+        PipelineConfig.model_validate(base | {"benchmarks": [benchmark]})
+    config = PipelineConfig.model_validate(base | {"benchmarks": [benchmark], "itc": {"recipe": "itc_tiny_cpu"}})
+    assert config.benchmarks[0].init == "itc"
+    with pytest.raises(ValueError, match="init"):
+        PipelineConfig.model_validate(base | {"benchmarks": [{"task": "vqav2", "init": "released"}]})

@@ -146,3 +146,23 @@ def test_itc_on_shards_without_pairs_is_an_error(tmp_path):
 def test_unknown_objective_is_an_error():
     with pytest.raises(ValueError, match="model.objective"):
         build_config("tiny_cpu", {"model": {"objective": "clip"}})
+
+
+def test_retrieval_fine_tune_keeps_the_itc_projections_and_scale(tmp_path):
+    from evaluation.finetune.weights import build_task_model, heads_to_copy, initialise
+    from evaluation.tasks import get_task
+
+    task = get_task("coco_retrieval")
+    path, state = _fake_released_itc(tmp_path)
+    itc = save_checkpoint(load_released_itc(path, "beit3_tiny", **SMALL), tmp_path / "itc.safetensors")
+    torch.manual_seed(3)
+    mdm = save_checkpoint(BEiT3ForMDM(get_config("beit3_tiny", **SMALL)), tmp_path / "mdm.safetensors")
+    for source, copied in ((itc, True), (mdm, False)):
+        torch.manual_seed(0)
+        model = build_task_model(task, "beit3_tiny", SMALL, {})
+        fresh = {k: v.clone() for k, v in model.state_dict().items() if not k.startswith("beit3.")}
+        heads = initialise(model, source, heads_to_copy(task))
+        assert heads == (sorted(fresh) if copied else [])
+        for key in fresh:
+            expected = state[key] if copied else fresh[key]
+            torch.testing.assert_close(model.state_dict()[key], expected, rtol=0, atol=0, msg=key)
