@@ -4,7 +4,7 @@ For each zero-shot unit of a pipeline run (the miniature Karpathy test splits, h
 - chance: a random ranking, R@k = 100 * k / number of test images (one caption per image);
 - MDM without ITC: the pretrained checkpoint with the projections and logit scale at the initialisation the
   ITC run starts from (same seed), i.e. exactly the ITC run's step 0;
-- after ITC: the newest ITC step's checkpoint;
+- after ITC: the checkpoint of the pipeline's last ITC step (from the run directory's ledger);
 evaluated with the zero-shot step's settings of each unit (image size, text length).
 
     python benchmarks/zeroshot_gain.py [--config configs/pipeline_demo.yaml]   # the config's run_dir
@@ -23,6 +23,7 @@ from beit3_core.text_tokenizer import XLMRTokenizer  # noqa: E402
 from beit3_core.train.model_setup import build_pretraining_model  # noqa: E402
 from evaluation.zeroshot import evaluate_zeroshot  # noqa: E402
 from flows.steps.config import load_pipeline_config, resolve_pretrain  # noqa: E402
+from flows.steps.runner import Ledger  # noqa: E402
 
 KEYS = ("tr_r1", "tr_r5", "tr_r10", "ir_r1", "ir_r5", "ir_r10")
 
@@ -33,12 +34,13 @@ def main() -> int:
     args = parser.parse_args()
     cfg = load_pipeline_config(args.config)
     run_dir = cfg.run_dir
-    # The newest ITC run: a changed ITC config adds a run beside the earlier ones.
-    itc_ckpt = max(run_dir.glob("itc/itc-*/final/model.safetensors"), key=lambda path: path.stat().st_mtime)
+    # The ITC checkpoint the pipeline's last `itc` step produced (the run directory's ledger), not any earlier one.
+    itc_out = (Ledger(run_dir).read().get("itc") or {}).get("output")
+    if not itc_out or not Path(itc_out["checkpoint"]).is_file():
+        raise SystemExit(f"{run_dir}: no completed itc step with its checkpoint on disk; run the pipeline first")
+    itc_ckpt = Path(itc_out["checkpoint"])
     itc_cfg = resolve_pretrain(cfg, "sqlite://", None, "itc")
-    itc_cfg.model.init_checkpoint = json.loads((itc_ckpt.parent.parent / "run_info.json").read_text())["config"][
-        "model"
-    ]["init_checkpoint"]
+    itc_cfg.model.init_checkpoint = itc_out["pretrain_checkpoint"]
     mdm = load_checkpoint(itc_cfg.model.init_checkpoint)
     tokenizer = XLMRTokenizer(str(run_dir / "shards" / "tokenizers" / "spm.model"))
     results = {}

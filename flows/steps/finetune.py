@@ -96,7 +96,10 @@ def finetune(
     ensure_ray(settings)
     out = run_finetune(task_name, config | extra | {"mlflow_experiment": tracking.experiment_name}, init)
     if out.get("mlflow_run_id"):
-        tags = {"beit3.pretrain_run": pretrained["mlflow_run_id"], "beit3.init": kind}
+        # The run whose checkpoint the fine-tune starts from: the MDM pretraining, or the ITC step (`init: itc`,
+        # whose output names the checkpoint it tuned).
+        source = "itc" if "pretrain_checkpoint" in pretrained else "pretrain"
+        tags = {f"beit3.{source}_run": pretrained["mlflow_run_id"], "beit3.init": kind}
         tracking.adopt(out["mlflow_run_id"], f"{kind}[{task_name}]", tags)
         log_baseline(tracking, out["mlflow_run_id"], baseline)
     checkpoint = str(out["checkpoint"]) if out.get("checkpoint") else None

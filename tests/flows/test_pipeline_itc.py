@@ -119,6 +119,8 @@ def test_first_run_tunes_and_evaluates_zero_shot(first_run, prefect_states):
     retrieval = results["benchmarks"]["flickr30k_retrieval"]
     assert retrieval["init_checkpoint"] == str(itc_final) != results["pretrain"]["checkpoint"]
     assert retrieval["metrics"]["num_images"] == 2
+    tuned = next(c for c in children if c.data.tags["beit3.step"] == RETRIEVAL)
+    assert tuned.data.tags["beit3.itc_run"] == itc_run.info.run_id and "beit3.pretrain_run" not in tuned.data.tags
 
 
 def test_unchanged_rerun_and_selections_are_cache_hits(first_run, workspace, prefect_states):
