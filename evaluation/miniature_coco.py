@@ -1,8 +1,8 @@
 """Miniature COCO instances benchmark on real pixels: Tux Paint cut-outs pasted onto real photos.
 
 Scenes come from the shared compositor `evaluation.miniature_dense.compose_scenes` (real stamps, mask =
-alpha > 0, category = the stamp's folder; real background photos; random scales, positions and overlaps), with
-stamps split between training and validation. Each visible instance is written in the COCO 2017 layout
+alpha > 0, category = the stamp's folder; real backgrounds, by default scikit-image's grey grass, gravel and
+brick textures; random scales, positions and overlaps), with stamps split between training and validation. Each visible instance is written in the COCO 2017 layout
 (`annotations/instances_{train,val}2017.json`, `{train,val}2017/%012d.jpg`):
 
 - polygons traced along the mask's outline (marching squares at level 0.5, `contourpy`, in pixel-edge
@@ -57,31 +57,35 @@ def build_coco_instances_miniature(
     categories: Sequence[str] = DEMO_CATEGORIES,
     num_objects: tuple[int, int] = (1, 2),
     scale: tuple[float, float] = (0.4, 0.8),
+    backgrounds: str = "textures",
     force: bool = False,
 ) -> dict[str, Any]:
     """Writes (or reuses) `out_root/coco_instances`; returns `{"root", "built", "counts"}`.
 
     The defaults are the demo's set: 1000 training and 200 validation scenes of 64 x 64 px with 1-2 objects of
-    0.4-0.8 x the side each, three categories (`DEMO_CATEGORIES`); `configs/finetune_demo_coco_detection.yaml`
-    gives the measured figures. `num_objects` and `scale` go to `compose_scene`.
+    0.4-0.8 x the side each, three categories (`DEMO_CATEGORIES`), on grey textures; `configs/
+    finetune_demo_coco_detection.yaml` gives the measured figures. `num_objects` and `scale` go to
+    `compose_scene`; `backgrounds` is a kind of `load_backgrounds`. On the photos the demo's few hundred steps
+    teach the detector where objects usually are, not what they look like (bbox AP 0.5, random boxes 0.24);
+    on the textures the same run reaches bbox AP 5.
     """
     root = Path(out_root) / "coco_instances"
     params = {"version": VERSION, "seed": seed, "num_train": num_train, "num_val": num_val, "size": list(size)}
     params |= {"categories": list(categories), "crowd_every": CROWD_EVERY}
-    params |= {"num_objects": list(num_objects), "scale": list(scale)}
+    params |= {"num_objects": list(num_objects), "scale": list(scale), "backgrounds": backgrounds}
     previous = reuse_or_reset(root, params, force)
     if previous is not None:
         return previous
     stamps = split_stamps(load_stamps(stamps_root, categories))
-    backgrounds = load_backgrounds()
+    pictures = load_backgrounds(backgrounds)
     counts: dict[str, Any] = {}
     for split, number, offset in (("train", num_train, 0), ("val", num_val, 1)):
         # Seeds differ from the ADE20K miniature's (seed * 2 + offset) so the two sets hold other scenes.
         layout = dict(size=size, num_objects=num_objects, scale=scale)
-        scenes = compose_scenes(number, stamps[split], backgrounds, 1000 + seed * 2 + offset, **layout)
+        scenes = compose_scenes(number, stamps[split], pictures, 1000 + seed * 2 + offset, **layout)
         data, counts[split] = write_instances(scenes, root, split, categories)
         counts[split]["stamps"] = len(stamps[split])
-    counts["backgrounds"] = [name for name, _ in backgrounds]
+    counts["backgrounds"] = [name for name, _ in pictures]
     _write_text(root / MANIFEST, json.dumps({"parameters": params, "summary": counts}, indent=2) + "\n")
     return {"root": root, "built": True, "counts": counts}
 

@@ -2,10 +2,11 @@
 
 Objects are the Tux Paint stamps of the installed Debian package `tuxpaint-stamps-default` that carry an alpha
 channel (photo cut-outs and drawings); an object's category is the stamp's top-level folder ("animals",
-"food", ...) and its mask is alpha > 0. Backgrounds are the real photos shipped inside installed Python
-packages (matplotlib's sample `grace_hopper.jpg`; scikit-learn's `china.jpg` and `flower.jpg` when it is
-installed), cropped at random positions and scales and mirrored. Objects and masks are real; only the layout
-(which object, where, how large, what covers what) is synthetic.
+"food", ...) and its mask is alpha > 0. Backgrounds are real pictures shipped inside installed Python packages,
+cropped at random positions and scales and mirrored: either photos (matplotlib's sample `grace_hopper.jpg`;
+scikit-learn's `china.jpg` and `flower.jpg` when it is installed) or grey textures (scikit-image's `grass`,
+`gravel` and `brick`). Objects and masks are real; only the layout (which object, where, how large, what covers
+what) is synthetic.
 
 `compose_scenes` is the shared compositor: each `Scene` holds the RGB image and its visible instances
 (category, boolean mask after occlusion, source stamp). `build_ade20k_miniature` writes scenes in the
@@ -89,8 +90,18 @@ def load_stamps(
     return stamps
 
 
-def load_backgrounds() -> list[tuple[str, np.ndarray]]:
-    """(name, uint8 RGB) of the real photos inside installed packages."""
+BACKGROUNDS = ("photos", "textures")
+"""Background kinds: real photos full of object-like structure (faces, flowers, buildings), or grey textures
+against which the coloured cut-outs stand out (the spec's suggestion for a detection set; offline_data.md 3)."""
+TEXTURES = ("grass", "gravel", "brick")
+
+
+def load_backgrounds(kind: str = "photos") -> list[tuple[str, np.ndarray]]:
+    """(name, uint8 RGB) of the real pictures of one kind (`BACKGROUNDS`) inside installed packages."""
+    if kind == "textures":
+        return load_textures()
+    if kind != "photos":
+        raise ValueError(f"unknown background kind {kind!r}; expected one of {BACKGROUNDS}")
     import matplotlib
 
     found = [Path(matplotlib.get_data_path()) / "sample_data" / "grace_hopper.jpg"]
@@ -108,6 +119,13 @@ def load_backgrounds() -> list[tuple[str, np.ndarray]]:
     if not backgrounds:
         raise FileNotFoundError("no background photo found in matplotlib's or scikit-learn's sample data")
     return backgrounds
+
+
+def load_textures() -> list[tuple[str, np.ndarray]]:
+    """scikit-image's bundled grey textures (512 x 512, no download) as (name, uint8 RGB)."""
+    import skimage.data
+
+    return [(name, np.repeat(getattr(skimage.data, name)()[..., None], 3, axis=2)) for name in TEXTURES]
 
 
 def _background(photo: np.ndarray, size: tuple[int, int], rng: np.random.Generator) -> np.ndarray:

@@ -243,6 +243,21 @@ def test_coco_detection_whole_image_prior(tmp_path):
     assert out["stderr"]["bbox_AP"] > 0 and out["num_items"] == 2
 
 
+def test_coco_detection_random_boxes_when_the_whole_image_misses(tmp_path):
+    (tmp_path / "annotations").mkdir()
+    train = _instances([1], [(1, 1, (0, 0, 4, 4))])
+    # 30 x 30 objects in 64 x 64 images: the whole-image box has IoU 0.22 with each (a miss at every threshold),
+    # while some of 100 random boxes per image overlap them by more than half.
+    val = _instances([10, 11, 12], [(10, 1, (5, 5, 30, 30)), (11, 1, (30, 20, 30, 30)), (12, 3, (10, 30, 30, 30))])
+    for img in val["images"]:
+        img["height"] = img["width"] = 64
+    for split, data in (("train2017", train), ("val2017", val)):
+        (tmp_path / "annotations" / f"instances_{split}.json").write_text(json.dumps(data))
+    out = unit_baseline("coco_detection", tmp_path, "val", img_size=64)
+    assert out["predictor"] == "100 random boxes per image"
+    assert 0 < out["metrics"]["bbox_AP"] < 100 and out["stderr"]["bbox_AP"] > 0
+
+
 def test_random_init_like_keeps_the_architecture_and_draws_new_weights(tmp_path):
     from support.model_inputs import small_model
 

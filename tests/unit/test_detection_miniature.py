@@ -1,9 +1,10 @@
-"""The miniature COCO instances set: real Tux Paint cut-outs on real photos, written in the COCO 2017 layout."""
+"""The miniature COCO instances set: real Tux Paint cut-outs on real backgrounds, written in the COCO 2017 layout."""
 
 import json
 
 import numpy as np
 import pytest
+from PIL import Image
 
 from evaluation.metrics.detection import check_instances, decode_segmentation
 from evaluation.miniature_coco import build_coco_instances_miniature, mask_polygons, uncompressed_rle, write_instances
@@ -54,3 +55,29 @@ def test_build_is_deterministic_and_reused(tmp_path):
         path = f"annotations/instances_{split}.json"
         a, b = (json.loads((r["root"] / path).read_text()) for r in (first, other))
         assert a == b and check_instances(a, path)[1]["images"] == (4 if split == "train2017" else 2)
+
+
+def test_background_kind_changes_the_pixels_not_the_layout(tmp_path):
+    textures = build_coco_instances_miniature(tmp_path / "t", num_train=3, num_val=2)
+    photos = build_coco_instances_miniature(tmp_path / "p", num_train=3, num_val=2, backgrounds="photos")
+    assert textures["counts"]["backgrounds"] == ["grass", "gravel", "brick"]
+    assert "grace_hopper.jpg" in photos["counts"]["backgrounds"]
+    path = "annotations/instances_val2017.json"
+    assert json.loads((textures["root"] / path).read_text()) == json.loads((photos["root"] / path).read_text())
+    name = "val2017/000000000001.jpg"
+    assert (textures["root"] / name).read_bytes() != (photos["root"] / name).read_bytes()
+    # A grey texture: away from the pasted objects, the three channels agree (up to JPEG chroma noise).
+    gt = json.loads((textures["root"] / path).read_text())
+    image = np.asarray(Image.open(textures["root"] / name).convert("RGB")).astype(int)
+    covered = np.zeros(image.shape[:2], bool)
+    for ann in gt["annotations"]:
+        if ann["image_id"] == 1:
+            x, y, w, h = (int(v) for v in ann["bbox"])
+            covered[y : y + h + 1, x : x + w + 1] = True
+    spread = image.max(axis=2) - image.min(axis=2)
+    assert np.median(spread[~covered]) <= 6
+
+
+def test_unknown_background_kind_is_refused():
+    with pytest.raises(ValueError, match="unknown background kind 'sky'"):
+        load_backgrounds("sky")
