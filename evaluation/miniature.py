@@ -6,8 +6,9 @@ folders. This module turns them into small data sets that the task adapters of `
 the same code paths as the real benchmarks:
 
 - `imagenet/`: `train/<class>/`, `val/<class>/` class folders, from Fashion-MNIST (seeded per-class val split).
-- `coco/`: Karpathy `dataset_coco.json` + `train2014/`, `val2014/`, and NoCaps `nocaps_val_4500_captions.json`
-  + `val/`, `nocaps_test_image_info.json` + `test/`, from Tux Paint stamps and captions.
+- `coco/`: Karpathy `dataset_coco.json` + `train2014/`, `val2014/` from Tux Paint stamps and captions, and NoCaps
+  `nocaps_val_4500_captions.json` + `val/`, `nocaps_test_image_info.json` + `test/` from the held-out emoji and
+  their names that the Flickr-style test split leaves over (objects the COCO-style captioner never saw).
 - `flickr30k/`: Karpathy `dataset_flickr30k.json` + `flickr30k-images/`, from the emoji and their names.
 - `vqav2/`: `v2_OpenEnded_mscoco_{train2014,val2014}_questions.json`, `v2_mscoco_*_annotations.json` and COCO
   image names, from templates over the Tux Paint stamps: the stamp's kind, a yes/no question on a kind and the
@@ -16,10 +17,10 @@ the same code paths as the real benchmarks:
   Fashion-MNIST pairs of five kinds of item (tops, trousers, dresses, shoes, bags): whether the left, the right,
   both or neither picture shows a shoe (`NLVR2_NAMED_KINDS`).
 
-The Karpathy test images of `coco/` and `flickr30k/` come from the demo corpus's `heldout/` stamps and emoji,
-which the demo pretraining corpus does not contain, so the zero-shot units (11, 12) evaluated on them are
-zero-shot; without a `heldout/` folder (older corpora) they come from the corpus and the Karpathy files say so
-(`info.test_held_out: false`).
+The Karpathy test images of `coco/` and `flickr30k/` and the NoCaps images come from the demo corpus's
+`heldout/` stamps and emoji, which the demo pretraining corpus does not contain, so the zero-shot units (11, 12)
+evaluated on them are zero-shot; without a `heldout/` folder (older corpora) they come from the corpus and the
+files say so (`info.test_held_out: false`, NoCaps `info.held_out: false`).
 
 Nothing here is a real benchmark: one caption per image (COCO has ~5, NoCaps 10), NoCaps domains are assigned
 by position in stamp order (marked `synthetic`), VQA questions and NLVR2 statements come from templates
@@ -51,7 +52,7 @@ from preprocessing.demo_data import FASHION_KINDS
 logger = logging.getLogger(__name__)
 
 MANIFEST = "miniature_manifest.json"
-VERSION = 8
+VERSION = 9
 HELDOUT = "heldout"  # preprocessing.demo_data.HELDOUT
 TASK_FOLDERS = ("imagenet", "coco", "flickr30k", "vqav2", "nlvr2")
 _IMAGE_SIDE = 96  # long side of written JPEGs: small files, still larger than test models' inputs
@@ -64,7 +65,7 @@ def build_miniature_benchmarks(
     *,
     num_caption_images: int = 500,
     num_test_images: int | None = 200,
-    num_nocaps_images: int = 30,
+    num_nocaps_images: int = 90,
     images_per_class: int = 100,
     num_nlvr2_sets: tuple[int, int, int] = (300, 30, 100),
     force: bool = False,
@@ -79,7 +80,8 @@ def build_miniature_benchmarks(
         num_test_images: Karpathy test images of both (then val and restval take 1/12 each); None = 1/6, as
             val. The demo's 200 (of 500) give test sets whose chance-level standard errors are small next to
             what a fine-tuned tiny model reaches; fewer held-out items than that are used as they are.
-        num_nocaps_images: Further stamps for the NoCaps-style files (4/5 val, 1/5 test).
+        num_nocaps_images: Images of the NoCaps-style files (4/5 val, 1/5 test): held-out emoji the Flickr-style
+            test split leaves over (the demo corpus has 90), or corpus stamps when there are fewer.
         images_per_class: Fashion-MNIST images per class in the ImageNet-style folders (1/5 go to val).
         num_nlvr2_sets: Sentence sets (two image pairs each) for train, dev and test1; test1 draws its images
             from 1/5 of each class's files that train and dev never use.
@@ -122,14 +124,22 @@ def build_miniature_benchmarks(
     num_val = num_test if legacy else max(2, num_caption_images // 12)
     coco_stamps, coco_test, coco_held = _test_first(stamps, held_stamps, num_caption_images, num_test, legacy)
     used = len(coco_stamps) - (coco_test if coco_held else 0)
-    nocaps_stamps = stamps[used : used + num_nocaps_images]
     summary = {
         "imagenet": _build_imagenet(demo_root / "fashion_mnist", out_root / "imagenet", images_per_class, rng),
         "coco": _build_coco(coco_stamps, out_root / "coco", (coco_test, num_val), coco_held),
-        "nocaps": _build_nocaps(nocaps_stamps, out_root / "coco"),
-        "flickr30k": _build_flickr(
-            demo_root, out_root / "flickr30k", num_caption_images, (num_test, num_val), legacy, rng
-        ),
+    }
+    flickr, spare_emoji = _build_flickr(
+        demo_root, out_root / "flickr30k", num_caption_images, (num_test, num_val), legacy, rng
+    )
+    # NoCaps pictures must be new to the pretraining too: the held-out emoji the Flickr test split leaves over
+    # (all held-out stamps go to the COCO test split); without enough of them, corpus stamps as before.
+    if len(spare_emoji) >= num_nocaps_images:
+        nocaps_items, nocaps_held = spare_emoji[:num_nocaps_images], True
+    else:
+        nocaps_items, nocaps_held = stamps[used : used + num_nocaps_images], False
+    summary |= {
+        "nocaps": _build_nocaps(nocaps_items, out_root / "coco", nocaps_held),
+        "flickr30k": flickr,
         "vqav2": _build_vqa(out_root / "coco", out_root / "vqav2", rng),
         "nlvr2": _build_nlvr2(demo_root / "fashion_mnist", out_root / "nlvr2", num_nlvr2_sets, rng),
     }
@@ -307,8 +317,9 @@ def _build_coco(
     return dict(counts)
 
 
-def _build_nocaps(stamps: list[dict[str, Any]], dest: Path) -> dict[str, int]:
-    ordered = sorted(stamps, key=lambda s: s["stamp"])
+def _build_nocaps(items: list[dict[str, Any]], dest: Path, held_out: bool) -> dict[str, int]:
+    """NoCaps-style val (4/5, with captions) and test files of `items` (stamps or emoji rows), in name order."""
+    ordered = sorted(items, key=_item_name)
     num_test = len(ordered) // 5
     val, test = ordered[: len(ordered) - num_test], ordered[len(ordered) - num_test :]
     domains = ("in-domain", "near-domain", "out-domain")
@@ -316,8 +327,8 @@ def _build_nocaps(stamps: list[dict[str, Any]], dest: Path) -> dict[str, int]:
     for split, chosen in (("val", val), ("test", test)):
         images, annotations = [], []
         for index, stamp in enumerate(chosen):
-            open_images_id = hashlib.sha1(stamp["stamp"].encode()).hexdigest()[:16]
-            data = _jpeg(stamp["png"])
+            open_images_id = hashlib.sha1(_item_name(stamp).encode()).hexdigest()[:16]
+            data = _item_jpeg(stamp)
             _write_bytes(dest / split / f"{open_images_id}.jpg", data)
             with Image.open(io.BytesIO(data)) as image:
                 width, height = image.size
@@ -327,8 +338,9 @@ def _build_nocaps(stamps: list[dict[str, Any]], dest: Path) -> dict[str, int]:
             entry["domain"] = domains[min(2, 3 * index // max(1, len(chosen)))]
             images.append(entry)
             annotations.append({"image_id": index, "id": index, "caption": stamp["caption"]})
-        info = {"description": f"miniature NoCaps {split} from Tux Paint stamps", "synthetic": True}
-        info["domain_assignment"] = "thirds of the stamp-path order (synthetic, not novelty w.r.t. COCO)"
+        source = "held-out emoji" if held_out else "Tux Paint stamps of the pretraining corpus"
+        info = {"description": f"miniature NoCaps {split} from {source}", "synthetic": True, "held_out": held_out}
+        info["domain_assignment"] = "thirds of the name order (synthetic, not novelty w.r.t. COCO)"
         data = {"licenses": [], "info": info, "images": images}
         if split == "val":
             data["annotations"] = annotations
@@ -336,6 +348,11 @@ def _build_nocaps(stamps: list[dict[str, Any]], dest: Path) -> dict[str, int]:
         _write_json(dest / name, data)
         counts[split] = len(images)
     return counts
+
+
+def _item_name(item: dict[str, Any]) -> str:
+    """A stamp's path, or an emoji row's image file name."""
+    return item["stamp"] if "stamp" in item else Path(item["image"]).name
 
 
 def _emoji_rows(folder: Path, rng: random.Random) -> list[dict[str, Any]]:
@@ -402,7 +419,7 @@ def _build_flickr(
     demo_root: Path, dest: Path, num_images: int, sizes: tuple[int, int], strict: bool, rng: random.Random
 ) -> dict[str, int]:
     """Karpathy Flickr30K file of emoji; `sizes` = (test, val) images as asked for (test shrinks to the
-    held-out emoji there are)."""
+    held-out emoji there are). Returns the counts and the held-out emoji the test split leaves over."""
     corpus = _emoji_rows(demo_root / "emoji", rng)
     held = _familiar_first(_unseen_captions(_emoji_rows(demo_root / HELDOUT / "emoji", rng), corpus), corpus)
     num_test, num_val = sizes
@@ -430,7 +447,7 @@ def _build_flickr(
     info = {"description": "miniature Flickr30K Karpathy split from rendered emoji and their names"}
     info["test_held_out"] = test_held_out
     _write_json(dest / "dataset_flickr30k.json", {"dataset": "flickr30k", "images": images, "info": info})
-    return dict(counts)
+    return dict(counts), (held[num_test:] if test_held_out else [])
 
 
 # ---- template-generated VQA and NLVR2 ------------------------------------------------------------------------

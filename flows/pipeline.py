@@ -36,7 +36,7 @@ from flows.steps.config import (
     resolve_pretrain,
     zeroshot_config,
 )
-from flows.steps.finetune import PRETRAINED, SCRATCH, finetune
+from flows.steps.finetune import PRETRAINED, SCRATCH, finetune, with_transfers
 from flows.steps.ingest import ingest
 from flows.steps.itc import itc
 from flows.steps.preprocess import preprocess
@@ -129,10 +129,12 @@ def beit3_pipeline(
                     "settings": settings,
                     "tracking": tracking,
                     "kind": kind,
+                    "also_evaluate": b.evaluate_also,
                 }
                 for b in cfg.benchmarks
             }
-            finetuned += list(steps.map(kind, finetune, calls, cfg.execution.max_parallel_finetunes).values())
+            outputs = steps.map(kind, finetune, calls, cfg.execution.max_parallel_finetunes)
+            finetuned += with_transfers(list(outputs.values()))
         reported = steps.run(
             "report",
             report,

@@ -183,8 +183,8 @@ class CaptioningTask(Task):
     dataset_augmentations = ("randaug",)
     pretrained_heads = ("mlm_head.",)  # the MDM text head predicts the masked caption tokens as in pretraining
 
-    def __init__(self, name: str, benchmark: str, recipes: dict[str, dict[str, Any]]):
-        self.name, self.benchmark, self.recipes = name, benchmark, recipes
+    def __init__(self, name: str, benchmark: str, recipes: dict[str, dict[str, Any]], eval_split: str = "test"):
+        self.name, self.benchmark, self.recipes, self.eval_split = name, benchmark, recipes, eval_split
 
     def build_model(self, backbone_name: str, **overrides: Any) -> CaptioningModel:
         return CaptioningModel(beit3_core.build_model(backbone_name, **(overrides | {"normalize_output": True})))
@@ -260,4 +260,5 @@ class CaptioningTask(Task):
 
 
 register(CaptioningTask("coco_captioning", "coco", COCO_RECIPES))
-register(CaptioningTask("nocaps", "nocaps", NOCAPS_RECIPES))
+# NoCaps test captions are held by the evaluation server: local scores come from val.
+register(CaptioningTask("nocaps", "nocaps", NOCAPS_RECIPES, eval_split="val"))

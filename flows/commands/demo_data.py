@@ -61,7 +61,8 @@ def run(args: argparse.Namespace) -> int:
     coco = build_coco_instances_miniature(args.benchmarks_out, force=args.force)
     print(
         f"miniature COCO instances in {coco['root'].resolve()}: {coco['counts']['train']['images']} train, "
-        f"{coco['counts']['val']['images']} val images (Tux Paint cut-outs on real photos)"
+        f"{coco['counts']['val']['images']} val images (Tux Paint cut-outs on "
+        f"{', '.join(coco['counts']['backgrounds'])})"
     )
 
     from evaluation.miniature_dense import build_ade20k_miniature

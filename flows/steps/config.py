@@ -72,6 +72,9 @@ class Benchmark(_Strict):
     """The checkpoint the fine-tune starts from: the MDM pretraining's, or the ITC step's (the released COCO and
     Flickr30K retrieval fine-tunes start from `beit3_*_itc_patch16_224.pth`; its projections and logit scale are
     kept). The scratch control draws a random model of that checkpoint's architecture."""
+    evaluate_also: list[str] = Field(default_factory=list)
+    """Units scored with this fine-tune's model on their own evaluation split and data root, e.g. `nocaps` after
+    `coco_captioning` (NoCaps has no training set; the paper scores the COCO captioner on it)."""
 
     @model_validator(mode="before")
     @classmethod

@@ -8,6 +8,11 @@ SentencePiece model, `storage_path`: `<storage>/finetune/runs`, see `flows.steps
 and `ray_address` (when set), all flat keys that `evaluation.finetune.config` maps to their sections. The run it
 returns is nested under the pipeline's run.
 
+A benchmark may name units to evaluate with the fine-tuned model on their own evaluation split (`evaluate_also`,
+e.g. NoCaps, which has no training set and is scored with the COCO captioner). Each is an MLflow run of its
+own, nested under the pipeline's run, with its own baseline; the step's output lists them under `transfers`,
+entries shaped like the step's own.
+
 The step also scores the unit's trivial baseline on the same evaluation split (`evaluation.baselines`) and logs it
 on the unit's run as `baseline_<metric>` and `baseline_<metric>_stderr`. The scratch run starts from a random
 backbone of the pretrained architecture (`evaluation.baselines.scratch`, drawn with the run's `run.seed`) with the
@@ -34,18 +39,33 @@ def finetune_entry_point() -> Callable:
     return importlib.import_module(ENTRY_MODULE).run_finetune
 
 
-def finetune_key_of(task_name: str, config: dict, pretrained: dict, run_dir: str, kind: str = PRETRAINED) -> str:
+def finetune_key_of(
+    task_name: str,
+    config: dict,
+    pretrained: dict,
+    run_dir: str,
+    kind: str = PRETRAINED,
+    also_evaluate: list[str] | tuple[str, ...] = (),
+) -> str:
     code = code_hash("evaluation", "flows/steps/finetune.py")
+    extra = (sorted(also_evaluate),) if also_evaluate else ()  # keys of benchmarks without transfers unchanged
     if kind == SCRATCH:
         from evaluation.baselines.scratch import architecture_of
 
-        return step_key(f"{kind}-{task_name}", config, architecture_of(pretrained["checkpoint"]), run_dir, code)
-    return step_key(f"finetune-{task_name}", config, pretrained["checkpoint_sha256"], run_dir, code)
+        source = architecture_of(pretrained["checkpoint"])
+        return step_key(f"{kind}-{task_name}", config, source, run_dir, code, *extra)
+    return step_key(f"finetune-{task_name}", config, pretrained["checkpoint_sha256"], run_dir, code, *extra)
 
 
 def finetune_key(_ctx, params: dict) -> str:
     p = params
-    return finetune_key_of(p["task_name"], p["config"], p["pretrained"], p["run_dir"], p.get("kind", PRETRAINED))
+    kind, also = p.get("kind", PRETRAINED), p.get("also_evaluate", ())
+    return finetune_key_of(p["task_name"], p["config"], p["pretrained"], p["run_dir"], kind, also)
+
+
+def with_transfers(outputs: list[dict]) -> list[dict]:
+    """Step outputs followed, each, by the units evaluated with its model (the report's rows)."""
+    return [entry for out in outputs for entry in (out, *out.get("transfers", []))]
 
 
 def unit_baseline_of(cfg) -> dict:
@@ -79,6 +99,7 @@ def finetune(
     settings: Settings,
     tracking: Tracking,
     kind: str = PRETRAINED,
+    also_evaluate: list[str] | tuple[str, ...] = (),
 ) -> dict:
     from evaluation.finetune.config import build_finetune_config
 
@@ -94,7 +115,8 @@ def finetune(
     extra = {"output_dir": str(out_dir), "mlflow_tracking_uri": tracking.uri}
     extra |= {"ray_address": settings.ray_address} if settings.ray_address else {}
     ensure_ray(settings)
-    out = run_finetune(task_name, config | extra | {"mlflow_experiment": tracking.experiment_name}, init)
+    run_config = config | extra | {"mlflow_experiment": tracking.experiment_name}
+    out = run_finetune(task_name, run_config, init)
     if out.get("mlflow_run_id"):
         # The run whose checkpoint the fine-tune starts from: the MDM pretraining, or the ITC step (`init: itc`,
         # whose output names the checkpoint it tuned).
@@ -103,6 +125,10 @@ def finetune(
         tracking.adopt(out["mlflow_run_id"], f"{kind}[{task_name}]", tags)
         log_baseline(tracking, out["mlflow_run_id"], baseline)
     checkpoint = str(out["checkpoint"]) if out.get("checkpoint") else None
+    transfers = [
+        evaluate_transfer(unit, build_finetune_config(task_name, run_config), checkpoint, tracking, kind, task_name)
+        for unit in also_evaluate
+    ]
     return {
         "task": task_name,
         "kind": kind,
@@ -113,5 +139,37 @@ def finetune(
         "mlflow_run_id": out.get("mlflow_run_id"),
         "checkpoint": checkpoint,
         "files": [checkpoint] if checkpoint else [],
-        "key": finetune_key_of(task_name, config, pretrained, run_dir, kind),
+        "transfers": transfers,
+        "key": finetune_key_of(task_name, config, pretrained, run_dir, kind, also_evaluate),
+    }
+
+
+def evaluate_transfer(
+    unit: str, source_cfg, checkpoint: str | None, tracking: Tracking, kind: str, source_task: str
+) -> dict:
+    """Scores the fine-tuned model of `source_task` on `unit`'s evaluation split (same data root, tokenizer and
+    image size: NoCaps shares the COCO captioning root), with the unit's baseline on that split."""
+    import dataclasses
+
+    from evaluation.finetune import evaluate_checkpoint
+
+    if checkpoint is None:
+        raise ValueError(f"{kind}[{source_task}] wrote no checkpoint to evaluate {unit} with")
+    data = dataclasses.replace(source_cfg.data, eval_split=None)  # the unit's own evaluation split
+    out_dir = Path(source_cfg.run.output_dir).parent / f"{source_task}-{unit}"  # beside the source's directory
+    run = dataclasses.replace(source_cfg.run, output_dir=str(out_dir))
+    cfg = dataclasses.replace(source_cfg, task=unit, data=data, run=run)
+    baseline = unit_baseline_of(cfg)
+    out = evaluate_checkpoint(unit, checkpoint, cfg)
+    tracking.adopt(out["mlflow_run_id"], f"{kind}[{source_task}]->{unit}", {"beit3.init": kind})
+    log_baseline(tracking, out["mlflow_run_id"], baseline)
+    return {
+        "task": unit,
+        "kind": kind,
+        "status": "completed",
+        "metrics": dict(out["metrics"]),
+        "baseline": baseline,
+        "init_checkpoint": checkpoint,
+        "evaluated_from": source_task,
+        "mlflow_run_id": out["mlflow_run_id"],
     }

@@ -44,7 +44,8 @@ def report(run_dir: str, dataset: dict, pretrained: dict, benchmarks: list[dict]
 def _table(pretrained: dict, benchmarks: list[dict]) -> dict:
     entries: dict[str, dict] = {}
     for b in sorted(benchmarks, key=lambda b: b.get("kind") == SCRATCH):  # pretrained runs first
-        keys = ("status", "metrics", "mlflow_run_id", "init_checkpoint", "checkpoint", "reason", "baseline")
+        keys = ("status", "metrics", "mlflow_run_id", "init_checkpoint", "evaluated_from", "checkpoint", "reason")
+        keys += ("baseline",)
         entry = {k: b[k] for k in keys if k in b}
         if "metrics" in entry and "baseline" in entry:
             entry["margin"] = margins(entry["metrics"], entry["baseline"])

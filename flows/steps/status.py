@@ -16,7 +16,7 @@ from flows.steps.config import (
     resolve_pretrain,
     zeroshot_config,
 )
-from flows.steps.finetune import PRETRAINED, SCRATCH, finetune_key_of
+from flows.steps.finetune import PRETRAINED, SCRATCH, finetune_key_of, with_transfers
 from flows.steps.ingest import ingest_key_of, source_fingerprints
 from flows.steps.itc import itc_key_of
 from flows.steps.keys import digest
@@ -93,10 +93,10 @@ def pipeline_status(config_path: str | Path) -> list[StepStatus]:
         label = f"{kind}[{b.task}]"
         config = benchmark_config(b, cfg, pre_cfg)
         init, init_upstream = inits[b.init]
-        key = None if init_upstream else finetune_key_of(b.task, config, init, str(cfg.run_dir), kind)
+        key = None if init_upstream else finetune_key_of(b.task, config, init, str(cfg.run_dir), kind, b.evaluate_also)
         any_stale |= check(label, key, init_upstream)
         never_run = {"task": b.task, "kind": kind, "status": "never run"}
-        benchmarks.append((ledger.get(label) or {}).get("output") or never_run)
+        benchmarks += with_transfers([(ledger.get(label) or {}).get("output") or never_run])
     upstream = upstream or ("finetune or zeroshot" if any_stale else None)
     key = None if upstream else report_key_of(str(cfg.run_dir), dataset, pretrained, benchmarks)
     check("report", key, upstream)

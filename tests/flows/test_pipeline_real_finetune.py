@@ -3,8 +3,9 @@
 One benchmark (ImageNet-style classification on a miniature benchmark) fine-tunes the micro model that the DAG
 pretrains, so the whole chain raw files -> shards -> MDM checkpoint -> fine-tuned task checkpoint -> results
 runs as users run it; with `compare_scratch` the same fine-tune also runs from random initialisation, and the
-unit's trivial baseline stands beside both. The caching and rerun behaviour of the DAG is covered in
-test_pipeline.py.
+unit's trivial baseline stands beside both. A COCO-style captioning fine-tune also scores its model on the NoCaps
+miniature (`evaluate_also`), which has no training set of its own. The caching and rerun behaviour of the DAG is
+covered in test_pipeline.py.
 """
 
 import json
@@ -36,18 +37,25 @@ def real_run(tmp_path_factory, pipeline_config_writer, prefect_server, ray_local
     sizes = dict(
         num_caption_images=12, num_test_images=2, num_nocaps_images=3, images_per_class=4, num_nlvr2_sets=(4, 2, 2)
     )
-    imagenet = build_miniature_benchmarks(write_demo_layout(root / "demo"), root / "mini", seed=0, **sizes)["tasks"][
-        "imagenet"
-    ]
+    tasks = build_miniature_benchmarks(write_demo_layout(root / "demo"), root / "mini", seed=0, **sizes)["tasks"]
+    imagenet, coco = tasks["imagenet"], tasks["coco_captioning"]
     overrides = {
         "data": {"root": str(imagenet["root"]), "options": imagenet["options"], "batch_size": 4},
         "model": {"img_size": 32, "drop_path_rate": 0.0},
         "optim": {"lr": 2e-3, "warmup_epochs": 0.5},
         "run": {"epochs": 1, "num_workers": 1, "log_every": 2},
     }
-    benchmarks = [{"task": "imagenet", "overrides": overrides}]
+    captioning = {
+        "data": {"root": str(coco["root"]), "batch_size": 4},
+        "model": {"img_size": 32, "drop_path_rate": 0.0},
+        "run": {"epochs": 1, "num_workers": 1, "log_every": 2},
+    }
+    benchmarks = [
+        {"task": "imagenet", "overrides": overrides},
+        {"task": "coco_captioning", "evaluate_also": ["nocaps"], "overrides": captioning},
+    ]
     config = pipeline_config_writer(root, preprocess, benchmarks, extra={"compare_scratch": True})
-    return beit3_pipeline(str(config)) | {"imagenet_root": str(imagenet["root"])}
+    return beit3_pipeline(str(config)) | {"imagenet_root": str(imagenet["root"]), "coco_root": str(coco["root"])}
 
 
 def test_the_dag_fine_tunes_the_checkpoint_it_pretrained(real_run, prefect_states):
@@ -132,3 +140,26 @@ def test_scratch_run_starts_from_random_weights_and_stands_beside_the_baseline(r
     out = capsys.readouterr().out
     assert "scratch" in out and "baseline +- stderr" in out and f"{expected:.2f} +- {se:.2f}" in out
     assert "pretrain (MDM)" in out
+
+
+def test_nocaps_is_scored_with_the_coco_captioner(real_run, prefect_states):
+    from evaluation.tasks.karpathy import read_nocaps
+
+    run_dir = Path(real_run["run_dir"])
+    results = json.loads((run_dir / "results.json").read_text())
+    captioning, nocaps = results["benchmarks"]["coco_captioning"], results["benchmarks"]["nocaps"]
+    assert prefect_states(real_run["flow_run_id"])["finetune[coco_captioning]"] == "Completed"
+    # The very checkpoint the captioning fine-tune wrote, scored on NoCaps' own (val) split with its scorer.
+    assert nocaps["evaluated_from"] == "coco_captioning" and nocaps["init_checkpoint"] == captioning["checkpoint"]
+    val = read_nocaps(Path(real_run["coco_root"]), "val")
+    assert nocaps["metrics"]["num_images"] == nocaps["baseline"]["num_items"] == len(val)
+    assert set(nocaps["metrics"]["domains"]) <= {"in-domain", "near-domain", "out-domain"}
+    assert "CIDEr" in nocaps["metrics"] and "CIDEr" in nocaps["margin"]
+    assert nocaps["scratch"]["evaluated_from"] == "coco_captioning"
+    assert nocaps["scratch"]["init_checkpoint"] == captioning["scratch"]["checkpoint"]
+
+    client = mlflow.MlflowClient(tracking_uri=f"sqlite:///{run_dir / '.state' / 'mlflow.db'}")
+    run = client.get_run(nocaps["mlflow_run_id"])
+    assert run.data.tags["beit3.step"] == "finetune[coco_captioning]->nocaps"
+    assert run.data.tags[PARENT] == real_run["mlflow_run_id"]
+    assert run.data.params["eval_split"] == "val" and "baseline_CIDEr" in run.data.metrics

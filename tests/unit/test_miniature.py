@@ -231,6 +231,42 @@ def test_test_split_takes_the_held_out_items_there_are(demo, tmp_path):
     assert coco["info"]["test_held_out"] is False and sum(i["split"] == "test" for i in coco["images"]) == 5
 
 
+def test_nocaps_takes_the_held_out_emoji_the_flickr_test_leaves(demo, tmp_path):
+    demo_copy = tmp_path / "demo"
+    shutil.copytree(demo, demo_copy)
+    held = demo_copy / "heldout" / "emoji"
+    (held / "images").mkdir(parents=True)
+    rows = []
+    for i in range(16):  # 4 for the Flickr-style test split, 12 left over for 10 NoCaps images
+        (held / "images" / f"{0x1F400 + i:05x}.png").write_bytes(_png((200, i * 15, 10)))
+        rows.append({"image": f"images/{0x1F400 + i:05x}.png", "caption": f"held symbol {i}"})
+    (held / "pairs.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    result = build_miniature_benchmarks(demo_copy, tmp_path / "mini", seed=3, **SIZES)
+    root = result["out_root"]
+    flickr = json.loads((root / "flickr30k" / "dataset_flickr30k.json").read_text())
+    flickr_test = {i["sentences"][0]["raw"] for i in flickr["images"] if i["split"] == "test"}
+    val = json.loads((root / "coco" / "nocaps_val_4500_captions.json").read_text())
+    test = json.loads((root / "coco" / "nocaps_test_image_info.json").read_text())
+    captions = {a["caption"] for a in val["annotations"]}
+    assert val["info"]["held_out"] is True and len(val["images"]) + len(test["images"]) == 10
+    assert captions <= {f"held symbol {i}" for i in range(16)} and not captions & flickr_test
+    corpus = {p.read_bytes() for p in (demo_copy / "emoji" / "images").iterdir()}
+    nocaps_images = [(root / "coco" / "val" / i["file_name"]).read_bytes() for i in val["images"]]
+    assert len(set(nocaps_images)) == len(nocaps_images) == 8
+    assert not {_jpeg_of(image) for image in corpus} & set(nocaps_images)
+
+    # Without enough held-out emoji the NoCaps files come from corpus stamps, and say so.
+    fallback = build_miniature_benchmarks(demo, tmp_path / "mini2", seed=3, **SIZES)["out_root"]
+    info = json.loads((fallback / "coco" / "nocaps_val_4500_captions.json").read_text())["info"]
+    assert info["held_out"] is False and "pretraining corpus" in info["description"]
+
+
+def _jpeg_of(png: bytes) -> bytes:
+    from evaluation.miniature import _jpeg
+
+    return _jpeg(png)
+
+
 def test_flickr_test_split_prefers_captions_of_known_words(demo, tmp_path):
     demo_copy = tmp_path / "demo"
     shutil.copytree(demo, demo_copy)
