@@ -1,4 +1,4 @@
-"""Miniature COCO instances benchmark on real pixels: Tux Paint cut-outs pasted onto real photos.
+"""Miniature COCO instances benchmark on real pixels: Tux Paint cut-outs pasted onto real backgrounds.
 
 Scenes come from the shared compositor `evaluation.miniature_dense.compose_scenes` (real stamps, mask =
 alpha > 0, category = the stamp's folder; real backgrounds, by default scikit-image's grey grass, gravel and
@@ -119,7 +119,7 @@ def write_instances(
             counts["instances"] += 1
         counts["images"] += 1
     cats = [{"id": category_id[c], "name": c, "supercategory": "tuxpaint"} for c in categories]
-    info = {"description": "miniature COCO instances: Tux Paint cut-outs on real photos (synthetic layout)"}
+    info = {"description": "miniature COCO instances: Tux Paint cut-outs on real backgrounds (synthetic layout)"}
     data = {"info": info, "licenses": [], "images": images, "annotations": annotations, "categories": cats}
     _write_text(root / "annotations" / f"instances_{SPLIT_DIRS[split]}.json", json.dumps(data) + "\n")
     return data, counts
