@@ -207,16 +207,22 @@ def test_nlvr2_test_images_are_not_training_images(built):
     assert test and train and dev and not test & (train | dev)
 
 
-def test_test_split_takes_the_held_out_items_there_are(demo, tmp_path):
+def _with_held_out_emoji(demo: Path, tmp_path: Path, captions: list[str]) -> Path:
+    """A copy of the fake corpus with `heldout/emoji`: one distinct picture per caption."""
     demo_copy = tmp_path / "demo"
     shutil.copytree(demo, demo_copy)
     held = demo_copy / "heldout" / "emoji"
     (held / "images").mkdir(parents=True)
     rows = []
-    for i in range(3):  # captions no corpus emoji has
-        (held / "images" / f"{0x1F400 + i:05x}.png").write_bytes(_png((200, i * 60, 10)))
-        rows.append({"image": f"images/{0x1F400 + i:05x}.png", "caption": f"held symbol {i}"})
+    for i, caption in enumerate(captions):
+        (held / "images" / f"{0x1F400 + i:05x}.png").write_bytes(_png((200, i * 15, 10)))
+        rows.append({"image": f"images/{0x1F400 + i:05x}.png", "caption": caption})
     (held / "pairs.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    return demo_copy
+
+
+def test_test_split_takes_the_held_out_items_there_are(demo, tmp_path):
+    demo_copy = _with_held_out_emoji(demo, tmp_path, [f"held symbol {i}" for i in range(3)])  # no corpus caption
     sizes = SIZES | {"num_test_images": 5}
     result = build_miniature_benchmarks(demo_copy, tmp_path / "mini", seed=3, **sizes)
     flickr = json.loads((result["out_root"] / "flickr30k" / "dataset_flickr30k.json").read_text())
@@ -232,15 +238,8 @@ def test_test_split_takes_the_held_out_items_there_are(demo, tmp_path):
 
 
 def test_nocaps_takes_the_held_out_emoji_the_flickr_test_leaves(demo, tmp_path):
-    demo_copy = tmp_path / "demo"
-    shutil.copytree(demo, demo_copy)
-    held = demo_copy / "heldout" / "emoji"
-    (held / "images").mkdir(parents=True)
-    rows = []
-    for i in range(16):  # 4 for the Flickr-style test split, 12 left over for 10 NoCaps images
-        (held / "images" / f"{0x1F400 + i:05x}.png").write_bytes(_png((200, i * 15, 10)))
-        rows.append({"image": f"images/{0x1F400 + i:05x}.png", "caption": f"held symbol {i}"})
-    (held / "pairs.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    # 4 for the Flickr-style test split, 12 left over for 10 NoCaps images.
+    demo_copy = _with_held_out_emoji(demo, tmp_path, [f"held symbol {i}" for i in range(16)])
     result = build_miniature_benchmarks(demo_copy, tmp_path / "mini", seed=3, **SIZES)
     root = result["out_root"]
     flickr = json.loads((root / "flickr30k" / "dataset_flickr30k.json").read_text())
@@ -268,16 +267,8 @@ def _jpeg_of(png: bytes) -> bytes:
 
 
 def test_flickr_test_split_prefers_captions_of_known_words(demo, tmp_path):
-    demo_copy = tmp_path / "demo"
-    shutil.copytree(demo, demo_copy)
-    held = demo_copy / "heldout" / "emoji"
-    (held / "images").mkdir(parents=True)
     captions = ["quite unknown thing", "symbol zebra", "symbol frog hen"]  # no, half, all words in the corpus
-    rows = []
-    for i, caption in enumerate(captions):
-        (held / "images" / f"{0x1F400 + i:05x}.png").write_bytes(_png((200, i * 60, 10)))
-        rows.append({"image": f"images/{0x1F400 + i:05x}.png", "caption": caption})
-    (held / "pairs.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    demo_copy = _with_held_out_emoji(demo, tmp_path, captions)
     result = build_miniature_benchmarks(demo_copy, tmp_path / "mini", seed=3, **(SIZES | {"num_test_images": 2}))
     flickr = json.loads((result["out_root"] / "flickr30k" / "dataset_flickr30k.json").read_text())
     test = [i["sentences"][0]["raw"] for i in flickr["images"] if i["split"] == "test"]
