@@ -116,6 +116,9 @@ def finetune(
     extra |= {"ray_address": settings.ray_address} if settings.ray_address else {}
     ensure_ray(settings)
     run_config = config | extra | {"mlflow_experiment": tracking.experiment_name}
+    # Units scored with the fine-tuned model: their files and baselines are read before training, as above.
+    transfer_cfgs = [transfer_config(unit, build_finetune_config(task_name, run_config)) for unit in also_evaluate]
+    transfer_baselines = [unit_baseline_of(c) for c in transfer_cfgs]
     out = run_finetune(task_name, run_config, init)
     if out.get("mlflow_run_id"):
         # The run whose checkpoint the fine-tune starts from: the MDM pretraining, or the ITC step (`init: itc`,
@@ -126,8 +129,8 @@ def finetune(
         log_baseline(tracking, out["mlflow_run_id"], baseline)
     checkpoint = str(out["checkpoint"]) if out.get("checkpoint") else None
     transfers = [
-        evaluate_transfer(unit, build_finetune_config(task_name, run_config), checkpoint, tracking, kind, task_name)
-        for unit in also_evaluate
+        evaluate_transfer(c, b, checkpoint, tracking, kind, task_name)
+        for c, b in zip(transfer_cfgs, transfer_baselines, strict=True)
     ]
     return {
         "task": task_name,
@@ -144,22 +147,27 @@ def finetune(
     }
 
 
-def evaluate_transfer(
-    unit: str, source_cfg, checkpoint: str | None, tracking: Tracking, kind: str, source_task: str
-) -> dict:
-    """Scores the fine-tuned model of `source_task` on `unit`'s evaluation split (same data root, tokenizer and
-    image size: NoCaps shares the COCO captioning root), with the unit's baseline on that split."""
+def transfer_config(unit: str, source_cfg):
+    """The source fine-tune's config (data root, tokenizer, image size) as `unit`'s, on the unit's own evaluation
+    split, writing beside the source's output directory."""
     import dataclasses
 
+    data = dataclasses.replace(source_cfg.data, eval_split=None)
+    out_dir = Path(source_cfg.run.output_dir).parent / f"{source_cfg.task}-{unit}"
+    run = dataclasses.replace(source_cfg.run, output_dir=str(out_dir))
+    return dataclasses.replace(source_cfg, task=unit, data=data, run=run)
+
+
+def evaluate_transfer(
+    cfg, baseline: dict, checkpoint: str | None, tracking: Tracking, kind: str, source_task: str
+) -> dict:
+    """Scores the fine-tuned model of `source_task` on `cfg.task`'s evaluation split (`transfer_config`), with the
+    unit's `baseline` on that split."""
     from evaluation.finetune import evaluate_checkpoint
 
+    unit = cfg.task
     if checkpoint is None:
         raise ValueError(f"{kind}[{source_task}] wrote no checkpoint to evaluate {unit} with")
-    data = dataclasses.replace(source_cfg.data, eval_split=None)  # the unit's own evaluation split
-    out_dir = Path(source_cfg.run.output_dir).parent / f"{source_task}-{unit}"  # beside the source's directory
-    run = dataclasses.replace(source_cfg.run, output_dir=str(out_dir))
-    cfg = dataclasses.replace(source_cfg, task=unit, data=data, run=run)
-    baseline = unit_baseline_of(cfg)
     out = evaluate_checkpoint(unit, checkpoint, cfg)
     tracking.adopt(out["mlflow_run_id"], f"{kind}[{source_task}]->{unit}", {"beit3.init": kind})
     log_baseline(tracking, out["mlflow_run_id"], baseline)
