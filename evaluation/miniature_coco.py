@@ -2,8 +2,9 @@
 
 Scenes come from the shared compositor `evaluation.miniature_dense.compose_scenes` (real stamps, mask =
 alpha > 0, category = the stamp's folder; real backgrounds, by default scikit-image's grey grass, gravel and
-brick textures; random scales, positions and overlaps), with stamps split between training and validation. Each visible instance is written in the COCO 2017 layout
-(`annotations/instances_{train,val}2017.json`, `{train,val}2017/%012d.jpg`):
+brick textures; random scales, positions and overlaps), with stamps split between training and validation.
+Each visible instance is written in the COCO 2017 layout (`annotations/instances_{train,val}2017.json`,
+`{train,val}2017/%012d.jpg`):
 
 - polygons traced along the mask's outline (marching squares at level 0.5, `contourpy`, in pixel-edge
   coordinates, so pycocotools rasterises them back to the mask); parts with fewer than 3 points are left out

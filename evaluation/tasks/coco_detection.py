@@ -56,6 +56,7 @@ SPLIT_DIRS = {"train": "train2017", "val": "val2017", "test": "val2017"}
 PIXEL_MEAN = PIXEL_STD = 0.5  # BEiT-3's input normalisation, as in pretraining
 SIZE_MULTIPLE = 64  # p6 (stride 64) must tile the padded input
 RANDOM_BOXES_MAX_IMAGES = 1000
+RANDOM_BOXES = "100 random boxes per image"
 RANDOM_BOXES_ROUNDS = 20  # ~1 s of COCOeval per resample on the 200-scene miniature
 
 _COMMON = dict(img_size=1024, epochs=100, batch_size=64, weight_decay=0.1, betas=(0.9, 0.999), min_lr=1e-6)
@@ -243,17 +244,17 @@ class CocoDetectionTask(Task):
         images: their bootstrap costs a COCOeval of 100 boxes per image per resample."""
         category = majority_category(train_set.gt)
         n = len(eval_set.gt["images"])
-        candidates = [(whole_image_prior(eval_set.gt, category), "whole image as one {name!r} box per image", 0)]
+        name = eval_set.categories.names[category]
+        candidates = [(whole_image_prior(eval_set.gt, category), f"whole image as one {name!r} box per image")]
         if n <= RANDOM_BOXES_MAX_IMAGES:
-            candidates.append((random_boxes_baseline(eval_set.gt), "100 random boxes per image", RANDOM_BOXES_ROUNDS))
+            candidates.append((random_boxes_baseline(eval_set.gt), RANDOM_BOXES))
         scored = []
-        for results, predictor, rounds in candidates:
+        for results, predictor in candidates:
             check_results(results, eval_set.gt, predictor)
-            scored.append((detection_metrics(eval_set.gt, results), results, predictor, rounds))
-        metrics, results, predictor, rounds = max(scored, key=lambda entry: entry[0]["bbox_AP"])
-        rounds = rounds or DETECTION_ROUNDS
+            scored.append((detection_metrics(eval_set.gt, results), results, predictor))
+        metrics, results, predictor = max(scored, key=lambda entry: entry[0]["bbox_AP"])
+        rounds = RANDOM_BOXES_ROUNDS if predictor == RANDOM_BOXES else DETECTION_ROUNDS
         stderr = {"bbox_AP": box_ap_stderr(eval_set.gt, results, rounds=rounds)}
-        predictor = predictor.format(name=eval_set.categories.names[category])
         return baseline_result(predictor, metrics, stderr, bootstrap_method(rounds), n)
 
     def write_submission(self, records: Sequence[Record], path: str | Path, dataset: CocoInstancesDataset) -> Path:

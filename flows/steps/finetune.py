@@ -117,7 +117,8 @@ def finetune(
     ensure_ray(settings)
     run_config = config | extra | {"mlflow_experiment": tracking.experiment_name}
     # Units scored with the fine-tuned model: their files and baselines are read before training, as above.
-    transfer_cfgs = [transfer_config(unit, build_finetune_config(task_name, run_config)) for unit in also_evaluate]
+    source_cfg = build_finetune_config(task_name, run_config)
+    transfer_cfgs = [transfer_config(unit, source_cfg) for unit in also_evaluate]
     transfer_baselines = [unit_baseline_of(c) for c in transfer_cfgs]
     out = run_finetune(task_name, run_config, init)
     if out.get("mlflow_run_id"):
