@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from evaluation.ops import roi_align
-from evaluation.ops.roi_align import level_of_boxes
+from evaluation.ops.roi_align import _grid_groups, level_of_boxes
 
 
 def _bilinear(fmap: torch.Tensor, y: float, x: float) -> torch.Tensor:
@@ -92,6 +92,27 @@ def test_roi_align_chunks_and_gradient():
     whole = roi_align(features, rois, 2, sampling_ratio=0)
     torch.testing.assert_close(roi_align(features, rois, 2, sampling_ratio=0, chunk=4), whole)
     assert torch.autograd.gradcheck(lambda f: roi_align(f, rois[3:6], 2, sampling_ratio=2), (features,))
+
+
+def test_roi_align_boxes_of_very_different_grids():
+    # Adaptive grids from 1 x 1 to 8 x 1 per bin: the boxes fall into several groups and each must still sample
+    # exactly its own grid, in forward and backward.
+    generator = torch.Generator().manual_seed(3)
+    features = torch.randn(2, 2, 40, 12, generator=generator, dtype=torch.float64, requires_grad=True)
+    rois = torch.tensor(
+        [
+            [0, 1.0, 1.0, 3.0, 3.0],
+            [1, 0.5, 0.0, 11.0, 39.0],  # tall: 8 samples per bin down, 3 across
+            [0, 2.0, 5.0, 4.5, 21.0],
+            [1, 3.0, 3.0, 4.0, 4.0],
+            [0, 0.0, 0.0, 11.5, 9.0],
+        ],
+        dtype=torch.float64,
+    )
+    assert len(_grid_groups(rois, 5, 4, 1.0, 0, True)) >= 3
+    got = roi_align(features, rois, (5, 4), sampling_ratio=0)
+    torch.testing.assert_close(got, _reference(features.detach(), rois, 5, 4, 1.0, 0, True), rtol=1e-10, atol=1e-10)
+    assert torch.autograd.gradcheck(lambda f: roi_align(f, rois, (5, 4), sampling_ratio=0), (features,), fast_mode=True)
 
 
 def test_roi_align_empty_and_bad_rois():
