@@ -9,8 +9,9 @@ outside the map is zero while one within a pixel of the border is clamped to it.
 The adaptive grid differs per box. Boxes are grouped by their grid rounded up to a power of two per side; in a
 group every box samples the group's largest grid and the samples a box does not own get weight zero, so a box
 draws fewer than 4x its own samples (one group for all boxes let a few long proposals set the grid of
-hundreds: at 512 px RoIAlign took half of the ViTDet heads' step). Samples are drawn per image with one
-`grid_sample` call and averaged with separable weights, so forward and backward run in torch's native kernels.
+hundreds: at 512 px RoIAlign's sampling took a third of a ViTDet-heads step). Samples are drawn per image and
+group with one `grid_sample` call and averaged with separable weights, so forward and backward run in torch's
+native kernels.
 """
 
 from __future__ import annotations
@@ -82,7 +83,7 @@ def _grid_groups(
         return [torch.arange(len(rois), device=rois.device)]
     _, _, roi_w, roi_h = _box_geometry(rois.to(torch.float64), scale, aligned)
     sides = torch.stack([torch.ceil(roi_h / ph), torch.ceil(roi_w / pw)], dim=1).clamp(min=1.0)
-    # Non-finite sides (a nan box) fall in the group of grid 1; the sampling masks them as before.
+    # Non-finite sides (a nan box) join the group of grid 1; `_roi_align_chunk` handles them as before.
     exponent = torch.nan_to_num(torch.ceil(torch.log2(sides)), nan=0.0, posinf=0.0).long()  # [K, 2]
     key = exponent[:, 0] * 64 + exponent[:, 1]
     return [torch.nonzero(key == k).squeeze(1) for k in torch.unique(key)]
