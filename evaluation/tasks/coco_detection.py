@@ -245,15 +245,15 @@ class CocoDetectionTask(Task):
         category = majority_category(train_set.gt)
         n = len(eval_set.gt["images"])
         name = eval_set.categories.names[category]
-        candidates = [(whole_image_prior(eval_set.gt, category), f"whole image as one {name!r} box per image")]
+        whole_image = f"whole image as one {name!r} box per image"
+        candidates = [(whole_image_prior(eval_set.gt, category), whole_image, DETECTION_ROUNDS)]
         if n <= RANDOM_BOXES_MAX_IMAGES:
-            candidates.append((random_boxes_baseline(eval_set.gt), RANDOM_BOXES))
+            candidates.append((random_boxes_baseline(eval_set.gt), RANDOM_BOXES, RANDOM_BOXES_ROUNDS))
         scored = []
-        for results, predictor in candidates:
+        for results, predictor, rounds in candidates:
             check_results(results, eval_set.gt, predictor)
-            scored.append((detection_metrics(eval_set.gt, results), results, predictor))
-        metrics, results, predictor = max(scored, key=lambda entry: entry[0]["bbox_AP"])
-        rounds = RANDOM_BOXES_ROUNDS if predictor == RANDOM_BOXES else DETECTION_ROUNDS
+            scored.append((detection_metrics(eval_set.gt, results), results, predictor, rounds))
+        metrics, results, predictor, rounds = max(scored, key=lambda entry: entry[0]["bbox_AP"])
         stderr = {"bbox_AP": box_ap_stderr(eval_set.gt, results, rounds=rounds)}
         return baseline_result(predictor, metrics, stderr, bootstrap_method(rounds), n)
 

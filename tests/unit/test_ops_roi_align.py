@@ -95,7 +95,7 @@ def test_roi_align_chunks_and_gradient():
 
 
 def test_roi_align_boxes_of_very_different_grids():
-    # Adaptive grids from 1 x 1 to 8 x 1 per bin: the boxes fall into several groups and each must still sample
+    # Adaptive grids from 1 x 1 to 8 x 3 per bin: the boxes fall into several groups and each must still sample
     # exactly its own grid, in forward and backward.
     generator = torch.Generator().manual_seed(3)
     features = torch.randn(2, 2, 40, 12, generator=generator, dtype=torch.float64, requires_grad=True)

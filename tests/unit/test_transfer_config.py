@@ -27,6 +27,6 @@ def test_the_unit_keeps_the_data_and_model_and_takes_its_own_split(tmp_path):
     assert Path(cfg.run.output_dir) == tmp_path / "finetune" / "coco_captioning-nocaps"
 
 
-def test_an_unknown_unit_fails_on_its_baseline_before_any_training(tmp_path):
+def test_an_unknown_unit_fails_when_its_baseline_is_read(tmp_path):
     with pytest.raises((KeyError, ValueError), match="nocap"):
         unit_baseline_of(transfer_config("nocap", _captioning(tmp_path)))
