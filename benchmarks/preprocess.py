@@ -156,15 +156,46 @@ def local_ray_rate(folder, warmup, tmp, tokenizers, views, args) -> tuple[float,
         ray.shutdown()
 
 
+@contextlib.contextmanager
+def _pinned(cores: set[int] | None):
+    """Processes started inside inherit these cores (Linux CPU affinity); None leaves affinity alone."""
+    if cores is None:
+        yield
+        return
+    before = os.sched_getaffinity(0)
+    os.sched_setaffinity(0, cores)
+    try:
+        yield
+    finally:
+        os.sched_setaffinity(0, before)
+
+
+def node_cores(nodes: int, cpus_per_node: int) -> list[set[int] | None]:
+    """Disjoint cores for each node, so that a node of N CPUs runs on N cores as a separate machine would.
+
+    Without pinning, a 1-CPU raylet's processes (its actor beside its one task) spread over every core of
+    the machine, and one node is measured with more than its CPUs.
+    """
+    available = sorted(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else []
+    if len(available) < nodes * cpus_per_node:
+        print(f"warning: {len(available)} cores cannot give {nodes} nodes {cpus_per_node} each; nodes not pinned")
+        return [None] * nodes
+    return [set(available[i * cpus_per_node : (i + 1) * cpus_per_node]) for i in range(nodes)]
+
+
 def cluster_rate(nodes: int, folder, warmup, tmp, tokenizers, views, args) -> float:
     import ray
     from ray.cluster_utils import Cluster
 
     node_args = {"num_cpus": args.node_cpus, "object_store_memory": 300 << 20}
-    cluster = Cluster(initialize_head=True, head_node_args=node_args | {"include_dashboard": False})
+    cores = node_cores(nodes, args.node_cpus) if args.pin_nodes else [None] * nodes
+    # Each raylet (and the workers it forks) inherits the affinity of this process when it starts.
+    with _pinned(cores[0]):
+        cluster = Cluster(initialize_head=True, head_node_args=node_args | {"include_dashboard": False})
     try:
-        for _ in range(nodes - 1):
-            cluster.add_node(**node_args)
+        for node in range(1, nodes):
+            with _pinned(cores[node]):
+                cluster.add_node(**node_args)
         cluster.wait_for_nodes()
         start_ray(cluster.address)
         try:
@@ -200,6 +231,12 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--batch", type=int, default=32)
     parser.add_argument("--files-per-shard", type=int, default=64)
     parser.add_argument("--node-cpus", type=int, default=1, help="CPUs of each node in the two-node comparison")
+    parser.add_argument(
+        "--no-pin-nodes",
+        dest="pin_nodes",
+        action="store_false",
+        help="two-node comparison: let every node use every core (by default each node gets its own cores)",
+    )
     parser.add_argument("--only", nargs="+", choices=SECTIONS, default=list(SECTIONS))
     parser.add_argument("--rounds", type=int, default=2, help="repeat each measurement, keep the best")
     return parser.parse_args()

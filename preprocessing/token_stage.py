@@ -2,23 +2,27 @@
 
 Per shard, a render task (1 CPU) decodes each stored image once, renders its K views and encodes the texts;
 its outputs go to Ray's object store as three objects (a small summary, the records, the views uint8
-[V, S, S, 3]). The driver groups rendered shards until a group holds at least one tokenizer batch and sends
-the group's views to the least loaded actor, so a batch spans records and shards. Each actor loads the
-visual tokenizer once for the whole run. A write task then attaches the tokens to the records and writes the
-shard files atomically (`preprocessing.shard_writer`), exactly as a single process would.
+[V, S, S, 3]). The driver cuts the rendered views, oldest shard first, into chunks of one tokenizer batch
+(a chunk may span shards, a shard may span chunks) and sends each chunk to the least loaded actor once that
+actor has fewer than two batches queued, so every actor stays busy to the end and no actor is left with a
+whole shard while the others idle. Each actor loads the visual tokenizer once for the whole run. When all
+of a shard's views are sent, a write task waits for their tokens, attaches them to the records and writes
+the shard files atomically (`preprocessing.shard_writer`), exactly as a single process would.
 
 Resources: CPU actors reserve no Ray CPU by default and run `actor_threads` torch threads each (default 1),
-one actor per that many cluster CPUs; they share the cores with the render and write tasks and the OS divides the cores,
-so no core idles while either stage has work. GPU actors take `actor_gpus` GPUs each and leave the CPUs to
-the CPU stage. Actors are spread over the nodes. Views waiting for tokens are bounded, so the object store
-holds a few batches per actor, not the data set.
+one actor per that many cluster CPUs; they share the cores with the render and write tasks and the OS
+divides the cores, so no core idles while either stage has work. GPU actors take `actor_gpus` GPUs each and
+leave the CPUs to the CPU stage. Actors are placed on the nodes in proportion to their CPUs (GPUs for GPU
+actors). Views waiting for tokens are bounded, so the object store holds a few batches per actor, not the
+data set.
 """
 
 from __future__ import annotations
 
 import functools
+from collections import deque
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -28,6 +32,7 @@ from preprocessing.plan import ShardPlan
 from preprocessing.shard_writer import is_shard_complete, write_shard
 
 _BATCHES_IN_FLIGHT_PER_ACTOR = 4
+_BATCHES_QUEUED_PER_ACTOR = 2  # one encoding, one waiting: the actor never waits for the driver
 _ACTOR_RETRIES = 3
 
 
@@ -65,11 +70,12 @@ def render_task(job: ShardJob, out: Path, work: Path, cfg: PreprocessConfig, spm
     return {"shard": name, "reused": False, "views": len(pixels), "quarantine": quarantine}, records, pixels
 
 
-def write_task(job: ShardJob, records: list[dict], tokens: np.ndarray | None, out: Path) -> dict:
+def write_task(job: ShardJob, records: list[dict], out: Path, *tokens: np.ndarray) -> dict:
+    """Attach `tokens` (the shard's views' tokens in view order, in one or more pieces) and write the shard."""
     from preprocessing.tokenize_shard import attach_tokens
 
-    if tokens is not None:
-        attach_tokens(records, tokens)
+    if tokens:
+        attach_tokens(records, np.concatenate(tokens))
     write_shard(records, out, job.plan.name, job.fingerprint)
     return {"shard": job.plan.name, "reused": False}
 
@@ -87,10 +93,15 @@ class TokenizerActor:
         self.model = load(vqkd_path).to(device).eval()
         self.batch_size = batch_size
 
-    def encode(self, *pixels: np.ndarray) -> np.ndarray | list[np.ndarray]:
-        """Tokens int64 [V_i, grid*grid] per views array uint8 [V_i, S, S, 3]; one array when given one."""
+    def encode(self, *pixels: np.ndarray, bounds: list[tuple[int, int]] | None = None) -> np.ndarray | list[np.ndarray]:
+        """Tokens int64 [V_i, grid*grid] per views array uint8 [V_i, S, S, 3]; one array when given one.
+
+        With `bounds`, only views `pixels[i][start:stop]` of each array are encoded (a chunk of a shard).
+        """
         from preprocessing.tokenize_shard import encode_views
 
+        if bounds is not None:
+            pixels = tuple(views[start:stop] for views, (start, stop) in zip(pixels, bounds, strict=True))
         tokens = encode_views(self.model, np.concatenate(pixels), self.batch_size)
         parts = np.split(tokens, np.cumsum([len(p) for p in pixels])[:-1])
         return parts[0] if len(parts) == 1 else parts
@@ -131,19 +142,62 @@ def plan_actors(visual: VisualStage, cluster_cpus: float, cluster_gpus: float) -
     return ActorPlan(count=count, threads=threads, num_cpus=cpus, num_gpus=gpus)
 
 
+def place_actors(count: int, capacity: dict[str, float]) -> list[str]:
+    """Node id of each of `count` actors, spread over the nodes in proportion to `capacity` (actors per node).
+
+    Each actor goes to the node with the fewest actors for its capacity (ties: the earlier node), so equal
+    nodes get equal shares and a node twice as large gets twice the actors. Nodes of no capacity get none.
+
+    Raises:
+        ValueError: No node has capacity.
+    """
+    nodes = [node for node, slots in capacity.items() if slots > 0]
+    if not nodes:
+        raise ValueError(f"no node can hold a tokenizer actor (capacity per node: {capacity})")
+    placed = {node: 0 for node in nodes}
+    order = []
+    for _ in range(count):
+        node = min(nodes, key=lambda n: (placed[n] + 1) / capacity[n])
+        placed[node] += 1
+        order.append(node)
+    return order
+
+
+def node_capacity(plan: ActorPlan, nodes: list[dict]) -> dict[str, float]:
+    """Actors each alive node can hold by its GPUs (GPU actors) or CPUs (one per `plan.threads`); `ray.nodes()`."""
+    capacity = {}
+    for node in nodes:
+        if node.get("Alive"):
+            resources = node.get("Resources", {})
+            if plan.num_gpus > 0:
+                capacity[node["NodeID"]] = resources.get("GPU", 0) / plan.num_gpus
+            else:
+                capacity[node["NodeID"]] = resources.get("CPU", 0) / plan.threads
+    return capacity
+
+
 def start_actors(plan: ActorPlan, vqkd_path: str, batch_size: int) -> list:
     import ray
+    from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
-    # Encoding is a pure function of its input, so an actor lost (e.g. to the node's OOM killer) is restarted
-    # and its pending calls are retried.
-    actor_class = ray.remote(TokenizerActor).options(
-        num_cpus=plan.num_cpus,
-        num_gpus=plan.num_gpus,
-        scheduling_strategy="SPREAD",
-        max_restarts=_ACTOR_RETRIES,
-        max_task_retries=_ACTOR_RETRIES,
-    )
-    return [actor_class.remote(vqkd_path, plan.device, plan.threads, batch_size) for _ in range(plan.count)]
+    # Placed node by node rather than with Ray's best-effort SPREAD, which can put every zero-CPU actor on one
+    # node; and hard affinity, because Ray places a zero-resource request with soft affinity on a random node
+    # (ray-project/ray#25360). An actor that dies (e.g. to the node's OOM killer) restarts on its node and its
+    # pending calls are retried, since encoding is a pure function of its input; if the node itself is lost,
+    # the run fails and a rerun resumes from the shards already written.
+    actor_class = ray.remote(TokenizerActor)
+    options = {
+        "num_cpus": plan.num_cpus,
+        "num_gpus": plan.num_gpus,
+        "max_restarts": _ACTOR_RETRIES,
+        "max_task_retries": _ACTOR_RETRIES,
+    }
+    return [
+        actor_class.options(**options, scheduling_strategy=NodeAffinitySchedulingStrategy(node, soft=False)).remote(
+            vqkd_path, plan.device, plan.threads, batch_size
+        )
+        for node in place_actors(plan.count, node_capacity(plan, ray.nodes()))
+    ]
 
 
 def run_token_stage(
@@ -176,8 +230,20 @@ def run_token_stage(
             ray.kill(actor)
 
 
+@dataclass
+class _Rendered:
+    """A rendered shard whose views are being sent to the actors, chunk by chunk."""
+
+    index: int
+    records: object  # ObjectRef of its records
+    views: object  # ObjectRef of its views uint8 [V, S, S, 3]
+    count: int
+    sent: int = 0
+    tokens: list = field(default_factory=list)  # ObjectRefs of its tokens, one per chunk piece, in view order
+
+
 class _Scheduler:
-    """The driver loop of `run_token_stage`: render, group, encode on the least loaded actor, write."""
+    """The driver loop of `run_token_stage`: render, cut into batches, encode on the least loaded actor, write."""
 
     def __init__(self, jobs, cfg, out, work, spm_path, img_size, actors, on_rendered, progress) -> None:
         import ray
@@ -189,25 +255,45 @@ class _Scheduler:
         self.on_rendered, self.progress = on_rendered, progress
         self.batch = cfg.visual.batch_size_encode
         self.max_views = _BATCHES_IN_FLIGHT_PER_ACTOR * self.batch * len(actors)
-        self.load = [0] * len(actors)  # views sent to each actor and not yet written
-        self.group: list[tuple[int, object, object, int]] = []  # (job index, records ref, views ref, views)
+        self.load = [0] * len(actors)  # views sent to each actor and not yet encoded
+        self.ready: deque[_Rendered] = deque()  # rendered shards with views not yet sent, oldest first
         self.rendering: dict = {}  # summary ref -> (job index, records ref, views ref)
-        self.writing: dict = {}  # write ref -> (job index, actor index or None, views)
+        self.encoding: dict = {}  # first token ref of an encode call -> (actor index, views)
+        self.writing: dict = {}  # write ref -> job index
         self.results: list[dict | None] = [None] * len(jobs)
 
-    def _group_views(self) -> int:
-        return sum(item[3] for item in self.group)
+    def _unsent(self) -> int:
+        return sum(item.count - item.sent for item in self.ready)
 
-    def _dispatch_group(self) -> None:
+    def _send_chunk(self) -> None:
+        """Up to one batch of the oldest unsent views to the least loaded actor; writes shards fully sent."""
         actor = int(np.argmin(self.load))
-        views = [item[2] for item in self.group]
-        refs = self.actors[actor].encode.options(num_returns=len(views)).remote(*views)
+        pieces: list[tuple[_Rendered, int, int]] = []
+        room = self.batch
+        while self.ready and room:
+            item = self.ready[0]
+            stop = min(item.count, item.sent + room)
+            pieces.append((item, item.sent, stop))
+            room -= stop - item.sent
+            item.sent = stop
+            if stop == item.count:
+                self.ready.popleft()
+        refs = (
+            self.actors[actor]
+            .encode.options(num_returns=len(pieces))
+            .remote(*[item.views for item, _, _ in pieces], bounds=[(start, stop) for _, start, stop in pieces])
+        )
         refs = refs if isinstance(refs, list) else [refs]
-        for (index, records, _, count), tokens in zip(self.group, refs, strict=True):
-            ref = self.write.remote(self.jobs[index], records, tokens, self.out)
-            self.writing[ref] = (index, actor, count)
-            self.load[actor] += count
-        self.group = []
+        sent = self.batch - room
+        self.encoding[refs[0]] = (actor, sent)
+        self.load[actor] += sent
+        for (item, _, stop), tokens in zip(pieces, refs, strict=True):
+            item.tokens.append(tokens)
+            if stop == item.count:
+                self._start_write(item.index, item.records, item.tokens)
+
+    def _start_write(self, index: int, records, tokens: list) -> None:
+        self.writing[self.write.remote(self.jobs[index], records, self.out, *tokens)] = index
 
     def _finish(self, index: int, result: dict, task) -> None:
         self.results[index] = result
@@ -219,19 +305,20 @@ class _Scheduler:
 
         task = self.progress.add_task("tokenize + shard", total=len(self.jobs)) if self.progress else None
         queue = list(range(len(self.jobs)))
-        while queue or self.rendering or self.group or self.writing:
-            waiting = sum(self.load) + self._group_views()
-            while queue and len(self.rendering) < render_slots and waiting < self.max_views:
+        while queue or self.rendering or self.ready or self.encoding or self.writing:
+            while queue and len(self.rendering) < render_slots and sum(self.load) + self._unsent() < self.max_views:
                 index = queue.pop(0)
                 summary, records, views = self.render.remote(
                     self.jobs[index], self.out, self.work, self.cfg, self.spm_path, self.img_size
                 )
                 self.rendering[summary] = (index, records, views)
-            more_coming = bool(queue or self.rendering)
-            if self.group and (self._group_views() >= self.batch or not more_coming or min(self.load) == 0):
-                self._dispatch_group()
-                continue
-            done, _ = ray.wait([*self.rendering, *self.writing], num_returns=1)
+            unsent, more_coming = self._unsent(), bool(queue or self.rendering)
+            # Full batches only while more views are coming, unless an actor has nothing to do.
+            if unsent and min(self.load) < _BATCHES_QUEUED_PER_ACTOR * self.batch:
+                if unsent >= self.batch or not more_coming or min(self.load) == 0:
+                    self._send_chunk()
+                    continue
+            done, _ = ray.wait([*self.rendering, *self.encoding, *self.writing], num_returns=1)
             for ref in done:
                 if ref in self.rendering:
                     index, records, views = self.rendering.pop(ref)
@@ -241,12 +328,12 @@ class _Scheduler:
                         continue
                     self.on_rendered(summary)
                     if summary["views"]:
-                        self.group.append((index, records, views, summary["views"]))
+                        self.ready.append(_Rendered(index, records, views, summary["views"]))
                     else:
-                        self.writing[self.write.remote(self.jobs[index], records, None, self.out)] = (index, None, 0)
+                        self._start_write(index, records, [])
+                elif ref in self.encoding:
+                    actor, count = self.encoding.pop(ref)
+                    self.load[actor] -= count
                 else:
-                    index, actor, count = self.writing.pop(ref)
-                    if actor is not None:
-                        self.load[actor] -= count
-                    self._finish(index, ray.get(ref), task)
+                    self._finish(self.writing.pop(ref), ray.get(ref), task)
         return self.results

@@ -5,7 +5,7 @@ import pytest
 import torch
 
 from preprocessing.config import VisualStage
-from preprocessing.token_stage import TokenizerActor, plan_actors
+from preprocessing.token_stage import ActorPlan, TokenizerActor, node_capacity, place_actors, plan_actors
 from preprocessing.tokenize_shard import attach_tokens, encode_views
 from preprocessing.vqkd.checkpoint import save_vqkd
 from preprocessing.vqkd.model import build_vqkd
@@ -58,6 +58,44 @@ def test_a_group_of_shards_encodes_like_each_shard_alone(tmp_path) -> None:
                 single = model.encode(torch.as_tensor(one).permute(2, 0, 1)[None].float() / 255)
             assert single[0].tolist() == row.tolist()
     assert np.array_equal(actor.encode(shards[0]), grouped[0])
+
+
+def test_actors_are_spread_over_nodes_in_proportion_to_their_capacity() -> None:
+    assert place_actors(2, {"a": 1.0, "b": 1.0}) == ["a", "b"]  # one per node, not both on the first
+    placed = place_actors(6, {"small": 2.0, "large": 4.0, "none": 0.0})
+    assert sorted(placed) == ["large"] * 4 + ["small"] * 2
+    assert placed[:2] == ["large", "small"]  # an early stop still leaves work on both nodes
+    assert sorted(place_actors(5, {"a": 1.0, "b": 1.0})) == ["a", "a", "a", "b", "b"]  # more actors than slots
+    with pytest.raises(ValueError, match="no node can hold"):
+        place_actors(1, {"cpu_only": 0.0})
+
+
+def test_node_capacity_counts_gpus_for_gpu_actors_and_cpus_per_thread_otherwise() -> None:
+    nodes = [
+        {"NodeID": "gpu", "Alive": True, "Resources": {"CPU": 16.0, "GPU": 2.0}},
+        {"NodeID": "cpu", "Alive": True, "Resources": {"CPU": 8.0}},
+        {"NodeID": "gone", "Alive": False, "Resources": {"CPU": 64.0, "GPU": 8.0}},
+    ]
+    cpu_plan = ActorPlan(count=6, threads=4, num_cpus=0.0, num_gpus=0.0)
+    assert node_capacity(cpu_plan, nodes) == {"gpu": 4.0, "cpu": 2.0}
+    gpu_plan = ActorPlan(count=4, threads=1, num_cpus=1.0, num_gpus=0.5)
+    assert node_capacity(gpu_plan, nodes) == {"gpu": 4.0, "cpu": 0.0}
+
+
+def test_chunks_of_shards_encode_like_the_whole_shards(tmp_path) -> None:
+    torch.manual_seed(0)
+    model = build_vqkd("vqkd_tiny", num_codes=16, img_size=32).eval()
+    path = tmp_path / "vqkd.safetensors"
+    save_vqkd(model, path)
+    rng = np.random.default_rng(1)
+    first, second = (rng.integers(0, 256, size=(n, 32, 32, 3), dtype=np.uint8) for n in (7, 4))
+    actor = TokenizerActor(str(path), "cpu", threads=1, batch_size=3)
+    whole = actor.encode(first, second)
+    # The tail of one shard and the head of the next in one call, as the scheduler cuts them.
+    tail, head = actor.encode(first, second, bounds=[(5, 7), (0, 3)])
+    assert np.array_equal(tail, whole[0][5:7]) and np.array_equal(head, whole[1][0:3])
+    pieces = [actor.encode(first, bounds=[(start, min(start + 3, 7))]) for start in range(0, 7, 3)]
+    assert np.array_equal(np.concatenate(pieces), whole[0])
 
 
 def test_tokens_are_attached_in_record_order_and_counts_are_checked() -> None:
