@@ -34,7 +34,7 @@ from preprocessing.plan import ShardPlan, code_version, hash_memo, plan_source
 from preprocessing.quarantine import QUARANTINE_SCHEMA, QuarantineRecord, SourceCounts
 from preprocessing.ray_tasks import run_tasks
 from preprocessing.shard_writer import read_shard_info, remove_stale_temporaries, write_manifest
-from preprocessing.token_stage import ShardJob, run_token_stage
+from preprocessing.token_stage import ShardJob, run_token_stage, tokenizer_actors
 from preprocessing.tokenizers import prepare_text_tokenizer, prepare_visual_tokenizer
 from preprocessing.validate_image import ImageRules
 from preprocessing.validate_text import TextRules
@@ -122,44 +122,56 @@ def run_preprocessing(cfg: PreprocessConfig, progress=None) -> PreprocessReport:
     if not plans:
         raise ValueError("the configured sources hold no input files")
     start_ray(cfg.ray_address)
-
-    rules = {"image": cfg.validation.image, "text": cfg.validation.text}
-    reuse_jpeg = cfg.views.reuse_source_jpeg
-    validation_hash = cfg.section_hash("validation") + str(cfg.views.short_side) + ("reuse-jpeg" if reuse_jpeg else "")
-    clean_keys = {p.name: _sha(p.input_fingerprint, validation_hash, code) for p in plans}
-    clean = run_tasks(
-        clean_task,
-        [(p, clean_keys[p.name], rules, cfg.views.short_side, work, reuse_jpeg) for p in plans],
-        {"num_cpus": 1},
-        "validate",
-        progress,
-    )
-    clean_tables = [work / f"{p.name}.clean.parquet" for p in plans]
-    duplicates = _find_duplicates(plans, work)
-
-    spm_path, text_info = prepare_text_tokenizer(cfg.text, clean_tables, out / "tokenizers")
-    vqkd_path, visual_info = prepare_visual_tokenizer(cfg.visual, clean_tables, out / "tokenizers", cfg.seed)
-
-    views_hash = cfg.section_hash("views", "text") + str(cfg.seed)
-    fingerprints = {
-        p.name: _sha(
-            clean_keys[p.name],
-            json.dumps(duplicates[p.name], sort_keys=True),
-            text_info["model_id"],
-            visual_info["tokenizer_id"],
-            views_hash,
-            code,
+    # Started before the clean pass: an actor's process start and `import torch` overlap it.
+    with tokenizer_actors(cfg.visual) as actors:
+        rules = {"image": cfg.validation.image, "text": cfg.validation.text}
+        reuse_jpeg = cfg.views.reuse_source_jpeg
+        validation_hash = (
+            cfg.section_hash("validation") + str(cfg.views.short_side) + ("reuse-jpeg" if reuse_jpeg else "")
         )
-        for p in plans
-    }
-    jobs = [ShardJob(p, fingerprints[p.name], duplicates[p.name]) for p in plans]
+        clean_keys = {p.name: _sha(p.input_fingerprint, validation_hash, code) for p in plans}
+        clean = run_tasks(
+            clean_task,
+            [(p, clean_keys[p.name], rules, cfg.views.short_side, work, reuse_jpeg) for p in plans],
+            {"num_cpus": 1},
+            "validate",
+            progress,
+        )
+        clean_tables = [work / f"{p.name}.clean.parquet" for p in plans]
+        duplicates = _find_duplicates(plans, work)
 
-    def record_duplicates(summary: dict) -> None:
-        _write_quarantine(work / f"{summary['shard']}.duplicates.parquet", summary["quarantine"])
+        spm_path, text_info = prepare_text_tokenizer(cfg.text, clean_tables, out / "tokenizers")
+        vqkd_path, visual_info = prepare_visual_tokenizer(cfg.visual, clean_tables, out / "tokenizers", cfg.seed)
 
-    built = run_token_stage(
-        jobs, cfg, out, work, str(spm_path), str(vqkd_path), visual_info["img_size"], record_duplicates, progress
-    )
+        views_hash = cfg.section_hash("views", "text") + str(cfg.seed)
+        fingerprints = {
+            p.name: _sha(
+                clean_keys[p.name],
+                json.dumps(duplicates[p.name], sort_keys=True),
+                text_info["model_id"],
+                visual_info["tokenizer_id"],
+                views_hash,
+                code,
+            )
+            for p in plans
+        }
+        jobs = [ShardJob(p, fingerprints[p.name], duplicates[p.name]) for p in plans]
+
+        def record_duplicates(summary: dict) -> None:
+            _write_quarantine(work / f"{summary['shard']}.duplicates.parquet", summary["quarantine"])
+
+        built = run_token_stage(
+            jobs,
+            cfg,
+            out,
+            work,
+            str(spm_path),
+            str(vqkd_path),
+            visual_info["img_size"],
+            actors,
+            record_duplicates,
+            progress,
+        )
     _remove_orphan_shards(out, {p.name for p in plans})
 
     manifest, reasons = _manifest(cfg, plans, clean, out, work, text_info, visual_info, code)

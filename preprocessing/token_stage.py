@@ -19,6 +19,7 @@ data set.
 
 from __future__ import annotations
 
+import contextlib
 import functools
 from collections import deque
 from collections.abc import Callable
@@ -81,25 +82,41 @@ def write_task(job: ShardJob, records: list[dict], out: Path, *tokens: np.ndarra
 
 
 class TokenizerActor:
-    """Holds one visual tokenizer for the whole run and encodes groups of views."""
+    """Holds one visual tokenizer for the whole run and encodes groups of views.
 
-    def __init__(self, vqkd_path: str, device: str, threads: int, batch_size: int) -> None:
+    The actor starts without a tokenizer (its process start and `import torch` take seconds, so the pipeline
+    starts the actors before the clean pass) and loads the checkpoint named by the first call that needs it.
+    Every call names its checkpoint, so an actor restarted by Ray after a crash reloads it by itself.
+    """
+
+    def __init__(self, device: str, threads: int, batch_size: int) -> None:
         import torch
 
+        torch.set_num_threads(threads)
+        self.device, self.batch_size = device, batch_size
+        self.checkpoint: str | None = None
+        self.model = None
+
+    def load(self, checkpoint: str) -> None:
+        """Load the visual tokenizer of `checkpoint` (.safetensors, or an official .pth) unless already held."""
+        if checkpoint == self.checkpoint:
+            return
         from preprocessing.vqkd.checkpoint import load_official_vqkd, load_vqkd
 
-        torch.set_num_threads(threads)
-        load = load_vqkd if vqkd_path.endswith(".safetensors") else load_official_vqkd
-        self.model = load(vqkd_path).to(device).eval()
-        self.batch_size = batch_size
+        load = load_vqkd if checkpoint.endswith(".safetensors") else load_official_vqkd
+        self.model = load(checkpoint).to(self.device).eval()
+        self.checkpoint = checkpoint
 
-    def encode(self, *pixels: np.ndarray, bounds: list[tuple[int, int]] | None = None) -> np.ndarray | list[np.ndarray]:
+    def encode(
+        self, *pixels: np.ndarray, checkpoint: str, bounds: list[tuple[int, int]] | None = None
+    ) -> np.ndarray | list[np.ndarray]:
         """Tokens int64 [V_i, grid*grid] per views array uint8 [V_i, S, S, 3]; one array when given one.
 
         With `bounds`, only views `pixels[i][start:stop]` of each array are encoded (a chunk of a shard).
         """
         from preprocessing.tokenize_shard import encode_views
 
+        self.load(checkpoint)
         if bounds is not None:
             pixels = tuple(views[start:stop] for views, (start, stop) in zip(pixels, bounds, strict=True))
         tokens = encode_views(self.model, np.concatenate(pixels), self.batch_size)
@@ -176,7 +193,8 @@ def node_capacity(plan: ActorPlan, nodes: list[dict]) -> dict[str, float]:
     return capacity
 
 
-def start_actors(plan: ActorPlan, vqkd_path: str, batch_size: int) -> list:
+def start_actors(plan: ActorPlan, batch_size: int) -> list:
+    """Start `plan.count` tokenizer actors (without a tokenizer yet, see `TokenizerActor`) over the nodes."""
     import ray
     from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
@@ -194,10 +212,25 @@ def start_actors(plan: ActorPlan, vqkd_path: str, batch_size: int) -> list:
     }
     return [
         actor_class.options(**options, scheduling_strategy=NodeAffinitySchedulingStrategy(node, soft=False)).remote(
-            vqkd_path, plan.device, plan.threads, batch_size
+            plan.device, plan.threads, batch_size
         )
         for node in place_actors(plan.count, node_capacity(plan, ray.nodes()))
     ]
+
+
+@contextlib.contextmanager
+def tokenizer_actors(visual: VisualStage):
+    """The run's tokenizer actors, planned on the connected cluster's resources and killed on exit."""
+    import ray
+
+    resources = ray.cluster_resources()
+    plan = plan_actors(visual, resources.get("CPU", 1), resources.get("GPU", 0))
+    actors = start_actors(plan, visual.batch_size_encode)
+    try:
+        yield actors
+    finally:
+        for actor in actors:
+            ray.kill(actor)
 
 
 def run_token_stage(
@@ -208,26 +241,22 @@ def run_token_stage(
     spm_path: str,
     vqkd_path: str,
     img_size: int,
+    actors: list,
     on_rendered: Callable[[dict], None],
     progress=None,
 ) -> list[dict]:
-    """Build every shard of `jobs`; results ({"shard", "reused"}) in job order.
+    """Build every shard of `jobs` with `actors` (from `tokenizer_actors`); results ({"shard", "reused"}) in job
+    order.
 
     `on_rendered(summary)` runs in the driver for each rendered shard (e.g. to record its quarantine) before
     that shard is written.
     """
     import ray
 
-    resources = ray.cluster_resources()
-    actor_plan = plan_actors(cfg.visual, resources.get("CPU", 1), resources.get("GPU", 0))
-    actors = start_actors(actor_plan, vqkd_path, cfg.visual.batch_size_encode)
-    try:
-        return _Scheduler(jobs, cfg, out, work, spm_path, img_size, actors, on_rendered, progress).run(
-            max(2, int(resources.get("CPU", 2)))
-        )
-    finally:
-        for actor in actors:
-            ray.kill(actor)
+    for actor in actors:  # queued before any encode call: the load overlaps the first renders
+        actor.load.remote(vqkd_path)
+    scheduler = _Scheduler(jobs, cfg, out, work, spm_path, vqkd_path, img_size, actors, on_rendered, progress)
+    return scheduler.run(max(2, int(ray.cluster_resources().get("CPU", 2))))
 
 
 @dataclass
@@ -245,13 +274,13 @@ class _Rendered:
 class _Scheduler:
     """The driver loop of `run_token_stage`: render, cut into batches, encode on the least loaded actor, write."""
 
-    def __init__(self, jobs, cfg, out, work, spm_path, img_size, actors, on_rendered, progress) -> None:
+    def __init__(self, jobs, cfg, out, work, spm_path, vqkd_path, img_size, actors, on_rendered, progress) -> None:
         import ray
 
         self.render = ray.remote(render_task).options(num_cpus=1, num_returns=3)
         self.write = ray.remote(write_task).options(num_cpus=1)
         self.jobs, self.cfg, self.out, self.work = jobs, cfg, out, work
-        self.spm_path, self.img_size, self.actors = spm_path, img_size, actors
+        self.spm_path, self.vqkd_path, self.img_size, self.actors = spm_path, vqkd_path, img_size, actors
         self.on_rendered, self.progress = on_rendered, progress
         self.batch = cfg.visual.batch_size_encode
         self.max_views = _BATCHES_IN_FLIGHT_PER_ACTOR * self.batch * len(actors)
@@ -281,7 +310,11 @@ class _Scheduler:
         refs = (
             self.actors[actor]
             .encode.options(num_returns=len(pieces))
-            .remote(*[item.views for item, _, _ in pieces], bounds=[(start, stop) for _, start, stop in pieces])
+            .remote(
+                *[item.views for item, _, _ in pieces],
+                checkpoint=self.vqkd_path,
+                bounds=[(start, stop) for _, start, stop in pieces],
+            )
         )
         refs = refs if isinstance(refs, list) else [refs]
         sent = self.batch - room

@@ -47,8 +47,8 @@ def test_a_group_of_shards_encodes_like_each_shard_alone(tmp_path) -> None:
     save_vqkd(model, path)
     rng = np.random.default_rng(0)
     shards = [rng.integers(0, 256, size=(n, 32, 32, 3), dtype=np.uint8) for n in (5, 0, 3, 9)]
-    actor = TokenizerActor(str(path), "cpu", threads=1, batch_size=4)  # batches cross shard boundaries
-    grouped = actor.encode(*shards)
+    actor = TokenizerActor("cpu", threads=1, batch_size=4)  # batches cross shard boundaries
+    grouped = actor.encode(*shards, checkpoint=str(path))
     assert len(grouped) == len(shards)
     for views, tokens in zip(shards, grouped, strict=True):
         alone = encode_views(model, views, batch_size=len(views) or 1)
@@ -57,7 +57,7 @@ def test_a_group_of_shards_encodes_like_each_shard_alone(tmp_path) -> None:
             with torch.no_grad():
                 single = model.encode(torch.as_tensor(one).permute(2, 0, 1)[None].float() / 255)
             assert single[0].tolist() == row.tolist()
-    assert np.array_equal(actor.encode(shards[0]), grouped[0])
+    assert np.array_equal(actor.encode(shards[0], checkpoint=str(path)), grouped[0])
 
 
 def test_actors_are_spread_over_nodes_in_proportion_to_their_capacity() -> None:
@@ -89,13 +89,29 @@ def test_chunks_of_shards_encode_like_the_whole_shards(tmp_path) -> None:
     save_vqkd(model, path)
     rng = np.random.default_rng(1)
     first, second = (rng.integers(0, 256, size=(n, 32, 32, 3), dtype=np.uint8) for n in (7, 4))
-    actor = TokenizerActor(str(path), "cpu", threads=1, batch_size=3)
-    whole = actor.encode(first, second)
+    actor = TokenizerActor("cpu", threads=1, batch_size=3)
+    whole = actor.encode(first, second, checkpoint=str(path))
     # The tail of one shard and the head of the next in one call, as the scheduler cuts them.
-    tail, head = actor.encode(first, second, bounds=[(5, 7), (0, 3)])
+    tail, head = actor.encode(first, second, checkpoint=str(path), bounds=[(5, 7), (0, 3)])
     assert np.array_equal(tail, whole[0][5:7]) and np.array_equal(head, whole[1][0:3])
-    pieces = [actor.encode(first, bounds=[(start, min(start + 3, 7))]) for start in range(0, 7, 3)]
+    pieces = [actor.encode(first, checkpoint=str(path), bounds=[(s, min(s + 3, 7))]) for s in range(0, 7, 3)]
     assert np.array_equal(np.concatenate(pieces), whole[0])
+
+
+def test_an_actor_loads_the_checkpoint_each_call_names(tmp_path) -> None:
+    rng = np.random.default_rng(2)
+    views = rng.integers(0, 256, size=(6, 32, 32, 3), dtype=np.uint8)
+    paths = []
+    for seed in (0, 1):
+        torch.manual_seed(seed)
+        paths.append(tmp_path / f"vqkd{seed}.safetensors")
+        save_vqkd(build_vqkd("vqkd_tiny", num_codes=16, img_size=32).eval(), paths[-1])
+    fresh = [TokenizerActor("cpu", threads=1, batch_size=4).encode(views, checkpoint=str(p)) for p in paths]
+    assert not np.array_equal(fresh[0], fresh[1])  # two different tokenizers
+    actor = TokenizerActor("cpu", threads=1, batch_size=4)  # as restarted by Ray: no tokenizer held
+    assert actor.model is None
+    for path, expected in [(paths[0], fresh[0]), (paths[1], fresh[1]), (paths[0], fresh[0])]:
+        assert np.array_equal(actor.encode(views, checkpoint=str(path)), expected)
 
 
 def test_tokens_are_attached_in_record_order_and_counts_are_checked() -> None:
