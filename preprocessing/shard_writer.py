@@ -10,16 +10,18 @@ at any point leaves either no shard files or shard files without a sidecar, whic
 reports as incomplete. Readers and manifests must therefore go through the sidecar, never through the mere
 presence of a `.tar`.
 
-The tar is written with `webdataset.TarWriter` (the layout the spec prescribes: members grouped by key,
-sorted by extension) with a fixed mtime, owner and mode; the Parquet file with fixed writer settings. The
+The tar is written as `webdataset.TarWriter` writes it (the layout the spec prescribes: members grouped by
+key, sorted by extension) with a fixed mtime, owner and mode; the Parquet file with fixed writer settings. The
 same records in the same order therefore give byte-identical files with the same library versions, so a
 shard's sha256 can serve as a cache key.
 """
 
 from __future__ import annotations
 
+import io
 import json
 import os
+import tarfile
 from collections import Counter
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
@@ -28,7 +30,6 @@ from pathlib import Path
 from typing import Any
 
 import pyarrow.parquet as pq
-import webdataset as wds
 
 from beit3_core.data.shard_format import (
     FORMAT_VERSION,
@@ -98,15 +99,21 @@ def _write_json_atomic(path: Path, obj: Any) -> None:
 
 
 def _write_tar(f: Any, rows: list[dict[str, Any]], records: list[dict[str, Any]]) -> None:
-    writer = wds.TarWriter(f, encoder=False, mtime=0.0, user="beit3", group="beit3", mode=0o444)
-    try:
+    """The webdataset tar: per sample `<key>.jpg` (if any) then `<key>.json`, as `webdataset.TarWriter` writes
+    them (default tar format, streamed, mtime 0, mode 0444, owner beit3), without importing webdataset, whose
+    package import loads torch into every CPU-stage worker."""
+    with tarfile.open(fileobj=f, mode="w|") as tar:
         for row, record in zip(rows, records, strict=True):
-            sample = {"__key__": encode_wds_key(row["key"]), "json": sample_json_bytes(row)}
+            key = encode_wds_key(row["key"])
+            members = {"json": sample_json_bytes(row)}
             if record.get(IMAGE_BYTES) is not None:
-                sample["jpg"] = bytes(record[IMAGE_BYTES])
-            writer.write(sample)
-    finally:
-        writer.close()
+                members["jpg"] = bytes(record[IMAGE_BYTES])
+            for extension in sorted(members):
+                data = members[extension]
+                info = tarfile.TarInfo(f"{key}.{extension}")
+                info.size, info.mtime, info.mode = len(data), 0.0, 0o444
+                info.uname = info.gname = "beit3"
+                tar.addfile(info, io.BytesIO(data))
 
 
 def write_shard(

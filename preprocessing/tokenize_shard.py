@@ -15,7 +15,6 @@ import hashlib
 
 import numpy as np
 import pyarrow.parquet as pq
-import torch
 
 from beit3_core.data.views import (
     ViewParams,
@@ -35,15 +34,17 @@ def _view_rng(seed: int, key: str) -> np.random.Generator:
     return np.random.default_rng([seed, int.from_bytes(hashlib.sha256(key.encode()).digest()[:8], "big")])
 
 
-@torch.no_grad()
 def encode_views(tokenizer, pixels: np.ndarray, batch_size: int) -> np.ndarray:
     """Visual tokens int64 [V, grid*grid] (row-major over the token grid) of rendered views uint8 [V, S, S, 3]."""
+    import torch  # here, not at the top: the render and write workers import this module and never need it
+
     device = next(tokenizer.parameters()).device
     tokens = [np.empty((0, tokenizer.config.grid_size**2), dtype=np.int64)]
-    for start in range(0, len(pixels), batch_size):
-        # uint8 crosses to the device (a quarter of the float bytes) and is scaled there.
-        batch = torch.from_numpy(np.ascontiguousarray(pixels[start : start + batch_size])).to(device)
-        tokens.append(tokenizer.encode(to_tokenizer_input(batch)).cpu().numpy())
+    with torch.no_grad():
+        for start in range(0, len(pixels), batch_size):
+            # uint8 crosses to the device (a quarter of the float bytes) and is scaled there.
+            batch = torch.from_numpy(np.ascontiguousarray(pixels[start : start + batch_size])).to(device)
+            tokens.append(tokenizer.encode(to_tokenizer_input(batch)).cpu().numpy())
     return np.concatenate(tokens)
 
 

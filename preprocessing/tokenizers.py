@@ -13,7 +13,6 @@ from pathlib import Path
 
 import numpy as np
 import pyarrow.parquet as pq
-import torch
 
 from beit3_core.data.views import canonical_view, decode_stored_image, render_view
 from beit3_core.text_tokenizer import XLMRTokenizer, train_sentencepiece
@@ -86,6 +85,8 @@ def _sample_images(clean_tables: list[Path], count: int, img_size: int, skip: in
 
 def prepare_visual_tokenizer(stage: VisualStage, clean_tables: list[Path], folder: Path, seed: int):
     """(tokenizer path, manifest info incl. held-out codebook usage). Fails when usage is under the minimum."""
+    import torch  # here: the pipeline's CPU-stage workers import this package and never need torch
+
     from preprocessing.vqkd.checkpoint import load_official_vqkd, load_vqkd, save_vqkd, tokenizer_id
     from preprocessing.vqkd.model import build_vqkd
     from preprocessing.vqkd.teachers import build_teacher

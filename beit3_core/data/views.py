@@ -25,11 +25,14 @@ from __future__ import annotations
 import io
 import math
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import numpy as np
 import PIL
-import torch
 from PIL import Image, features
+
+if TYPE_CHECKING:  # torch is imported where a tensor is made: CPU-stage workers never load it
+    import torch
 
 __all__ = [
     "JPEG_QUALITY",
@@ -216,6 +219,8 @@ def render_info(out_size: int) -> dict[str, str | int]:
 
 
 def _as_uint8_batch(rendered: np.ndarray | torch.Tensor) -> torch.Tensor:
+    import torch
+
     x = torch.as_tensor(rendered)
     if x.dtype != torch.uint8 or x.ndim not in (3, 4) or x.shape[-1] != 3:
         raise ValueError(f"expected uint8 [B, S, S, 3] or [S, S, 3], got {x.dtype} {tuple(x.shape)}")
@@ -224,12 +229,16 @@ def _as_uint8_batch(rendered: np.ndarray | torch.Tensor) -> torch.Tensor:
     return x.permute(0, 3, 1, 2)  # [B, 3, S, S]
 
 
-def to_tokenizer_input(rendered: np.ndarray | torch.Tensor, dtype: torch.dtype = torch.float32) -> torch.Tensor:
-    """uint8 [B, S, S, 3] or [S, S, 3] -> [B, 3, S, S] in [0, 1], the VQ-KD input (it rescales itself)."""
-    return _as_uint8_batch(rendered).to(dtype) / 255
+def to_tokenizer_input(rendered: np.ndarray | torch.Tensor, dtype: torch.dtype | None = None) -> torch.Tensor:
+    """uint8 [B, S, S, 3] or [S, S, 3] -> [B, 3, S, S] in [0, 1], the VQ-KD input (it rescales itself).
+
+    `dtype` defaults to float32."""
+    import torch
+
+    return _as_uint8_batch(rendered).to(dtype or torch.float32) / 255
 
 
-def to_model_input(rendered: np.ndarray | torch.Tensor, dtype: torch.dtype = torch.float32) -> torch.Tensor:
+def to_model_input(rendered: np.ndarray | torch.Tensor, dtype: torch.dtype | None = None) -> torch.Tensor:
     """uint8 [B, S, S, 3] or [S, S, 3] -> [B, 3, S, S] in [-1, 1] (mean = std = 0.5).
 
     Computed as `to_tokenizer_input(x) * 2 - 1`, the same float operations VQ-KD applies internally, so the

@@ -84,6 +84,42 @@ def test_same_records_give_byte_identical_files(tmp_path: Path) -> None:
         assert {p.name: p.read_bytes() for p in (tmp_path / directory).iterdir()} == first
 
 
+def test_tar_is_byte_identical_to_webdataset_tarwriter(tmp_path: Path) -> None:
+    import io
+
+    import webdataset as wds
+
+    from beit3_core.data.shard_format import encode_wds_key, sample_json_bytes
+
+    records = _records()
+    write_shard(records, tmp_path, NAME, fingerprint="f")
+    rows = read_parquet_shard(tmp_path / f"{NAME}.parquet").to_pylist()
+    expected = io.BytesIO()
+    writer = wds.TarWriter(expected, encoder=False, mtime=0.0, user="beit3", group="beit3", mode=0o444)
+    for row, record in zip(rows, records, strict=True):
+        sample = {"__key__": encode_wds_key(row["key"]), "json": sample_json_bytes(row)}
+        if record.get("image_bytes") is not None:
+            sample["jpg"] = bytes(record["image_bytes"])
+        writer.write(sample)
+    writer.close()
+    assert (tmp_path / f"{NAME}.tar").read_bytes() == expected.getvalue()
+
+
+def test_cpu_stage_modules_do_not_import_torch() -> None:
+    # Every Ray worker of the clean, render and write tasks imports these; torch would cost each one seconds
+    # and hundreds of MB. The tokenizer actors import it themselves.
+    code = textwrap.dedent(
+        """
+        import sys
+        import preprocessing.pipeline, preprocessing.clean, preprocessing.tokenize_shard
+        import preprocessing.shard_writer, preprocessing.token_stage, preprocessing.sources
+        print(sorted(m for m in ("torch", "webdataset") if m in sys.modules))
+        """
+    )
+    out = subprocess.run([sys.executable, "-c", code], cwd=REPO_ROOT, capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "[]"
+
+
 def test_hash_check_can_be_skipped(tmp_path: Path) -> None:
     write_shard(_records(), tmp_path, NAME, fingerprint="f")
     tar = tmp_path / f"{NAME}.tar"
