@@ -40,11 +40,17 @@ def test_actors_that_would_take_every_cpu_are_refused() -> None:
         plan_actors(VisualStage(actor_threads=2), 2, 1)  # one GPU actor reserving both CPUs
 
 
-def test_a_group_of_shards_encodes_like_each_shard_alone(tmp_path) -> None:
-    torch.manual_seed(0)
+def _saved_tokenizer(folder, seed: int = 0):
+    """(untrained 16-code tiny VQ-KD at 32 px, its .safetensors path)."""
+    torch.manual_seed(seed)
     model = build_vqkd("vqkd_tiny", num_codes=16, img_size=32).eval()
-    path = tmp_path / "vqkd.safetensors"
+    path = folder / f"vqkd{seed}.safetensors"
     save_vqkd(model, path)
+    return model, path
+
+
+def test_a_group_of_shards_encodes_like_each_shard_alone(tmp_path) -> None:
+    model, path = _saved_tokenizer(tmp_path)
     rng = np.random.default_rng(0)
     shards = [rng.integers(0, 256, size=(n, 32, 32, 3), dtype=np.uint8) for n in (5, 0, 3, 9)]
     actor = TokenizerActor("cpu", threads=1, batch_size=4)  # batches cross shard boundaries
@@ -83,10 +89,7 @@ def test_node_capacity_counts_gpus_for_gpu_actors_and_cpus_per_thread_otherwise(
 
 
 def test_chunks_of_shards_encode_like_the_whole_shards(tmp_path) -> None:
-    torch.manual_seed(0)
-    model = build_vqkd("vqkd_tiny", num_codes=16, img_size=32).eval()
-    path = tmp_path / "vqkd.safetensors"
-    save_vqkd(model, path)
+    _, path = _saved_tokenizer(tmp_path)
     rng = np.random.default_rng(1)
     first, second = (rng.integers(0, 256, size=(n, 32, 32, 3), dtype=np.uint8) for n in (7, 4))
     actor = TokenizerActor("cpu", threads=1, batch_size=3)
@@ -101,11 +104,7 @@ def test_chunks_of_shards_encode_like_the_whole_shards(tmp_path) -> None:
 def test_an_actor_loads_the_checkpoint_each_call_names(tmp_path) -> None:
     rng = np.random.default_rng(2)
     views = rng.integers(0, 256, size=(6, 32, 32, 3), dtype=np.uint8)
-    paths = []
-    for seed in (0, 1):
-        torch.manual_seed(seed)
-        paths.append(tmp_path / f"vqkd{seed}.safetensors")
-        save_vqkd(build_vqkd("vqkd_tiny", num_codes=16, img_size=32).eval(), paths[-1])
+    paths = [_saved_tokenizer(tmp_path, seed)[1] for seed in (0, 1)]
     fresh = [TokenizerActor("cpu", threads=1, batch_size=4).encode(views, checkpoint=str(p)) for p in paths]
     assert not np.array_equal(fresh[0], fresh[1])  # two different tokenizers
     actor = TokenizerActor("cpu", threads=1, batch_size=4)  # as restarted by Ray: no tokenizer held
