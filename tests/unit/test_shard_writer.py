@@ -107,7 +107,7 @@ def test_tar_is_byte_identical_to_webdataset_tarwriter(tmp_path: Path) -> None:
 
 def test_cpu_stage_modules_do_not_import_torch() -> None:
     # Every Ray worker of the clean, render and write tasks imports these; torch would cost each one seconds
-    # and hundreds of MB. The tokenizer actors import it themselves.
+    # and ~200 MB. The tokenizer actors import it themselves.
     code = textwrap.dedent(
         """
         import sys
