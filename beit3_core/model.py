@@ -21,6 +21,7 @@ from beit3_core.layers.drop_path import DropPath
 from beit3_core.layers.embedding import MultiwayPositions, VisionEmbedding
 from beit3_core.layers.feedforward import FeedForward
 from beit3_core.layers.multiway import LANGUAGE, VISION, VISION_LANGUAGE, Multiway, maybe_multiway, route
+from beit3_core.layers.window import WindowPartition
 
 
 class EncoderLayer(nn.Module):
@@ -48,10 +49,19 @@ class EncoderLayer(nn.Module):
         experts: list[str],
         ffn_experts: list[str],
         attn_mask: torch.Tensor | None,
+        windows: WindowPartition | None = None,
     ) -> list[torch.Tensor]:
+        """`windows`: attend within the windows of one patch-grid segment only (ViTDet); `attn_mask` is then
+        unused. Drop path still draws per sequence, not per window."""
         batch_size = segments[0].shape[0]
         normed = [route(self.self_attn_layer_norm, e)(x) for x, e in zip(segments, experts, strict=True)]
-        attn = self.self_attn(normed, experts, attn_mask)
+        if windows is None:
+            attn = self.self_attn(normed, experts, attn_mask)
+        else:
+            if len(segments) != 1:
+                raise ValueError("window attention runs on one patch-grid segment")
+            attn_windows = self.self_attn([windows.split(normed[0])], experts, windows.attention_mask(batch_size))
+            attn = [windows.merge(attn_windows[0])]
         scale = self.drop_path.sample_scale(batch_size, segments[0])
         segments = [x + (a if scale is None else a * scale) for x, a in zip(segments, attn, strict=True)]
 

@@ -8,6 +8,7 @@ the heads' time share can be read against their FLOP share. Prints one JSON obje
     python benchmarks/detection_step.py --model beit3_tiny --img-size 128 --batch 4 --heads demo   # CPU
     python benchmarks/detection_step.py --model beit3_base_patch16_224 --img-size 1024 --batch 2 --heads vitdet \
         --device cuda --dtype bf16                                                                    # GPU
+    ... --heads vitdet --window-size 0      # ViTDet's heads on a backbone with global attention in every block
 """
 
 import argparse
@@ -67,6 +68,9 @@ def main() -> None:
     parser.add_argument("--batch", type=int, default=4)
     parser.add_argument("--objects", type=int, default=3, help="instances per image")
     parser.add_argument("--heads", choices=("demo", "vitdet"), default="demo", help="demo config or ViTDet sizes")
+    parser.add_argument(
+        "--window-size", type=int, help="backbone window attention (0 = global); default: the heads' config's"
+    )
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--dtype", choices=("fp32", "bf16"), default="fp32")
@@ -76,9 +80,10 @@ def main() -> None:
     detector = yaml.safe_load(DEMO_CONFIG.read_text())["model"]["head_options"]["detector"]
     torch.manual_seed(0)
     task = get_task("coco_detection")
-    model = task.build_model(
-        args.model, num_classes=6, detector=detector if args.heads == "demo" else {}, img_size=args.img_size
-    ).to(device)
+    detector = detector if args.heads == "demo" else {}
+    if args.window_size is not None:
+        detector = detector | {"window_size": args.window_size}
+    model = task.build_model(args.model, num_classes=6, detector=detector, img_size=args.img_size).to(device)
     model.train()
     optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4)
     batch = synthetic_batch(args.batch, args.img_size, args.objects, device)
@@ -116,6 +121,8 @@ def main() -> None:
                 "img_size": args.img_size,
                 "batch": args.batch,
                 "heads": args.heads,
+                "window_size": model.dense.window_size,
+                "global_blocks": list(model.global_blocks),
                 "device": str(device),
                 "dtype": args.dtype,
                 "threads": torch.get_num_threads(),

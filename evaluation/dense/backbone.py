@@ -33,6 +33,7 @@ class DenseBackbone(nn.Module):
         self.beit3 = beit3
         self.dense = dense
         self.out_indices = dense.resolved_out_indices(beit3.config.num_layers)
+        self.global_blocks = dense.resolved_global_blocks(beit3.config.num_layers)
         self.pyramid = build_pyramid(dense, beit3.config.embed_dim)
 
     @property
@@ -46,7 +47,8 @@ class DenseBackbone(nn.Module):
         return {name: STRIDES[name] for name in self.channels}
 
     def features(self, image: torch.Tensor) -> dict[str, torch.Tensor]:
-        return self.pyramid(block_feature_maps(self.beit3, image, self.out_indices))
+        maps = block_feature_maps(self.beit3, image, self.out_indices, self.dense.window_size, self.global_blocks)
+        return self.pyramid(maps)
 
     def forward(self, image: torch.Tensor) -> dict[str, torch.Tensor]:
         return self.features(image)

@@ -43,6 +43,13 @@ class DenseConfig:
     """Channels of every "vitdet" level; "beit2" levels always keep the embed dim."""
     extra_pool_level: bool = False
     """"vitdet" only: add "p6" (stride 64) by subsampling p5, as detectron2's LastLevelMaxPool."""
+    window_size: int = 0
+    """0 (default; BEiT v2's segmentation backbone): every block attends globally over CLS + patches. > 0
+    (ViTDet): every block but `global_blocks` attends within window_size x window_size windows of the patch grid,
+    and there is no CLS token (ViTDet drops it). No parameter changes: released weights load either way."""
+    global_blocks: tuple[int, ...] | None = None
+    """0-based blocks that keep global attention when window_size > 0. None: ViTDet's, the last block of each
+    quarter of the depth ([2, 5, 8, 11] for 12 layers, [5, 11, 17, 23] for 24)."""
 
     def __post_init__(self) -> None:
         if self.pyramid not in ("beit2", "vitdet"):
@@ -56,6 +63,12 @@ class DenseConfig:
             raise ValueError(f"out_channels must be >= 1, got {self.out_channels}")
         if self.extra_pool_level and self.pyramid != "vitdet":
             raise ValueError("extra_pool_level (p6) belongs to the 'vitdet' pyramid")
+        if self.window_size < 0:
+            raise ValueError(f"window_size must be >= 0 (0 = global attention), got {self.window_size}")
+        if self.global_blocks is not None:
+            if not self.window_size:
+                raise ValueError("global_blocks needs window_size > 0 (without windows every block is global)")
+            self.global_blocks = tuple(sorted({int(i) for i in self.global_blocks}))
 
     def resolved_out_indices(self, num_layers: int) -> tuple[int, ...]:
         from evaluation.dense.features import default_out_indices
@@ -63,6 +76,16 @@ class DenseConfig:
         if self.out_indices is not None:
             return self.out_indices
         return default_out_indices(num_layers) if self.pyramid == "beit2" else (num_layers - 1,)
+
+    def resolved_global_blocks(self, num_layers: int) -> tuple[int, ...]:
+        """The blocks with global attention (every block when window_size is 0)."""
+        if not self.window_size:
+            return tuple(range(num_layers))
+        if self.global_blocks is None:
+            return tuple(sorted({max(0, round(num_layers * k / 4) - 1) for k in range(1, 5)}))
+        if not all(0 <= i < num_layers for i in self.global_blocks):
+            raise ValueError(f"global_blocks {list(self.global_blocks)} must lie in [0, {num_layers})")
+        return self.global_blocks
 
     def channels(self, embed_dim: int) -> dict[str, int]:
         """Channels of each output level."""

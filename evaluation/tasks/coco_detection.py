@@ -2,8 +2,9 @@
 
 BEiT-3 (arXiv 2208.10442) released no detection code; the recipe is detectron2's ViTDet
 (`projects/ViTDet/configs/COCO/mask_rcnn_vitdet_{b,l}_100ep.py`, `common/coco_loader_lsj.py`): Mask R-CNN on
-the simple feature pyramid (`evaluation.dense.detection`), large-scale jitter at 1024 px, AdamW with
-layer-wise LR decay. Scores come only from pycocotools `COCOeval` (`evaluation.metrics.detection`).
+the simple feature pyramid (`evaluation.dense.detection`) over a backbone with 14 x 14 window attention and a
+few global blocks, large-scale jitter at 1024 px, AdamW with layer-wise LR decay. Scores come only from
+pycocotools `COCOeval` (`evaluation.metrics.detection`).
 
 Layout under `root` (COCO 2017): `annotations/instances_{train,val}2017.json` and `{train,val}2017/<file_name>`;
 the "test" split reads val2017 (test-dev is scored by the server only). Category ids map to contiguous classes

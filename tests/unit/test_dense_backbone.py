@@ -17,6 +17,7 @@ PYRAMIDS = {
     "vitdet": DenseConfig(pyramid="vitdet"),
     "vitdet_p6": DenseConfig(pyramid="vitdet", out_channels=32, extra_pool_level=True),
     "beit2_custom_blocks": DenseConfig(out_indices=(0, 0 + 1, 2, 3)),
+    "vitdet_windows": DenseConfig(pyramid="vitdet", out_channels=32, window_size=3, global_blocks=(1,)),
 }
 
 

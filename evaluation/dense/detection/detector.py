@@ -31,6 +31,11 @@ class DetectorConfig:
     num_classes: int = 80
     out_channels: int = 256
     """Channels of every pyramid level (ViTDet: 256)."""
+    window_size: int = 14
+    """ViTDet's (and the BEiT-3 paper's) window attention: 14 x 14 windows in every block but `global_blocks`,
+    no CLS token; 0 = global attention over CLS + patches in every block (`DenseConfig.window_size`)."""
+    global_blocks: tuple[int, ...] | None = None
+    """Blocks with global attention; None = ViTDet's ([2, 5, 8, 11] base, [5, 11, 17, 23] large)."""
     rpn: RPNConfig = field(default_factory=RPNConfig)
     roi_heads: ROIHeadsConfig = field(default_factory=ROIHeadsConfig)
 
@@ -62,7 +67,13 @@ class MaskRCNN(DenseBackbone):
     """images [B, 3, H, W] (H, W multiples of 64) -> losses (train) or detections (eval)."""
 
     def __init__(self, beit3: beit3_core.BEiT3, cfg: DetectorConfig):
-        dense = DenseConfig(pyramid="vitdet", out_channels=cfg.out_channels, extra_pool_level=True)
+        dense = DenseConfig(
+            pyramid="vitdet",
+            out_channels=cfg.out_channels,
+            extra_pool_level=True,
+            window_size=cfg.window_size,
+            global_blocks=cfg.global_blocks,
+        )
         super().__init__(beit3, dense)
         self.cfg = cfg
         strides = self.strides
