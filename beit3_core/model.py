@@ -55,13 +55,7 @@ class EncoderLayer(nn.Module):
         unused. Drop path still draws per sequence, not per window."""
         batch_size = segments[0].shape[0]
         normed = [route(self.self_attn_layer_norm, e)(x) for x, e in zip(segments, experts, strict=True)]
-        if windows is None:
-            attn = self.self_attn(normed, experts, attn_mask)
-        else:
-            if len(segments) != 1:
-                raise ValueError("window attention runs on one patch-grid segment")
-            attn_windows = self.self_attn([windows.split(normed[0])], experts, windows.attention_mask(batch_size))
-            attn = [windows.merge(attn_windows[0])]
+        attn = self.self_attn(normed, experts, attn_mask, windows)
         scale = self.drop_path.sample_scale(batch_size, segments[0])
         segments = [x + (a if scale is None else a * scale) for x, a in zip(segments, attn, strict=True)]
 

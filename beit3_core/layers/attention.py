@@ -9,6 +9,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from beit3_core.layers.multiway import maybe_multiway, route
+from beit3_core.layers.window import WindowPartition
 
 
 class MultiwaySelfAttention(nn.Module):
@@ -39,7 +40,11 @@ class MultiwaySelfAttention(nn.Module):
         return F.linear(x, weight, bias)
 
     def forward(
-        self, segments: list[torch.Tensor], experts: list[str], attn_mask: torch.Tensor | None
+        self,
+        segments: list[torch.Tensor],
+        experts: list[str],
+        attn_mask: torch.Tensor | None,
+        windows: WindowPartition | None = None,
     ) -> list[torch.Tensor]:
         """Attend jointly over `segments` ([B, n_i, D] each).
 
@@ -47,17 +52,27 @@ class MultiwaySelfAttention(nn.Module):
             segments: normalized inputs, one tensor per contiguous modality segment.
             experts: expert letter of each segment.
             attn_mask: bool, True = may attend; broadcastable to [B, H, N, N], or None.
+            windows: attend within the windows of a patch grid only (one segment of h*w patch tokens);
+                `attn_mask` is then replaced by the windows' padding mask. The projections run per token,
+                so the padding costs only inside the attention product.
 
         Returns:
             One [B, n_i, D] output per segment.
         """
         qkv = [self._qkv(x, e) for x, e in zip(segments, experts, strict=True)]
         qkv = torch.cat(qkv, dim=1) if len(qkv) > 1 else qkv[0]  # [B, N, 3D]
+        if windows is not None:
+            if len(segments) != 1:
+                raise ValueError("window attention runs on one patch-grid segment")
+            attn_mask = windows.attention_mask(qkv.shape[0])
+            qkv = windows.split(qkv)  # [K, s*s, 3D]
         batch_size, seq_len, _ = qkv.shape
         # [B, N, 3D] -> [3, B, H, N, Dh]; heads outer within D ("(h d)"), as in the released weights.
         qkv = qkv.view(batch_size, seq_len, 3, self.num_heads, self.head_dim).permute(2, 0, 3, 1, 4)
         out = F.scaled_dot_product_attention(qkv[0], qkv[1], qkv[2], attn_mask=attn_mask)  # [B, H, N, Dh]
         out = out.transpose(1, 2).reshape(batch_size, seq_len, self.num_heads * self.head_dim)  # [B, N, D]
+        if windows is not None:
+            out = windows.merge(out)  # [B, h*w, D]
 
         outputs = []
         for part, expert in zip(out.split([x.shape[1] for x in segments], dim=1), experts, strict=True):

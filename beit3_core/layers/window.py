@@ -2,9 +2,9 @@
 
 A block with window attention attends within w x w windows of the patch grid only; everything per token
 (layer norms, FFN, drop path) is unchanged, so released weights load as they are. The grid is padded at the
-bottom and right to a multiple of w, as detectron2's `window_partition` does; unlike detectron2, the padded
-tokens are masked out as keys, so a token's output depends on the real tokens of its window only (and is the
-same whatever the padding).
+bottom and right to a multiple of w, as detectron2's `window_partition` does; unlike detectron2, the padding
+is added after the q/k/v projections (so it costs only inside the attention product) and masked out as keys, so
+a token's output depends on the real tokens of its window only, whatever the padding.
 
 Legend: B batch, D embed dim, h x w the patch grid, s the window side, K = B * windows per image.
 """
