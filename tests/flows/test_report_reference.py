@@ -132,3 +132,13 @@ def test_rows_put_each_metric_beside_its_baseline_scratch_run_and_margin(tmp_pat
     assert "30.00" in out and "14.00" in out and "10.00 +- 2.00" in out and "10.0 se" in out and "2.0 se" in out
     # MDM: 8% masked-token accuracy against the 4% most-frequent-token baseline, 2x.
     assert "pretrain (MDM)" in out and "masked acc text" in out and "2.00x" in out
+
+
+def test_retrieval_rows_lead_with_mean_recall_then_the_two_r_at_1():
+    metrics = {"average_score": 7.5, "tr_r1": 1.0, "ir_r1": 2.0}
+    metrics |= {"baseline_average_score": 2.7, "baseline_average_score_stderr": 0.9}
+    metrics |= {"baseline_tr_r1": 0.5, "baseline_tr_r1_stderr": 0.5}
+    rows = [r for r in result_rows({"coco_retrieval": metrics}, reference=False) if r["unit"] == "coco_retrieval"]
+    assert [r["metric"] for r in rows] == ["average_score", "tr_r1", "ir_r1"]
+    # (7.5 - 2.7) / 0.9 standard errors; R@1 (1.0 - 0.5) / 0.5 = 1; IR@1 has no baseline here.
+    assert [r["margin"] for r in rows] == pytest.approx([4.8 / 0.9, 1.0, None])
