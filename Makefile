@@ -27,8 +27,9 @@ demo: install install-data
 	beit3 demo-data
 	beit3 run configs/pipeline_demo.yaml
 
+# Two pytest processes, each taking whole files (module fixtures such as a shared local Ray stay in one process).
 test: install-test
-	$(PYTHON) -m pytest -q
+	$(PYTHON) -m pytest -q -n 2 --dist loadfile --no-loadscope-reorder
 
 lint:
 	ruff check . && ruff format --check .
