@@ -15,14 +15,9 @@ from pathlib import Path
 import pytest
 import yaml
 from support.raw_data import build_raw_dataset, tiny_preprocess_config
+from support.ray_cluster import group_alive
 
 INFRA = Path(__file__).resolve().parents[2] / "infra"
-
-
-def _group_alive(pgid: int) -> bool:
-    """A member of the process group that is not a zombie."""
-    states = subprocess.run(["ps", "-o", "stat=", "-g", str(pgid)], capture_output=True, text=True).stdout.split()
-    return any(not state.startswith("Z") for state in states)
 
 
 @pytest.fixture(scope="module")
@@ -39,7 +34,7 @@ def local_stack(tmp_path_factory):
     finally:
         stopped = subprocess.run([*stack, "stop", str(state)], capture_output=True, text=True, env=env, timeout=60)
         assert stopped.returncode == 0, stopped.stderr
-        assert not [g for g in groups if _group_alive(g)]
+        assert not [g for g in groups if group_alive(g)]
 
 
 @pytest.mark.slow

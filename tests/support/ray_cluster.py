@@ -39,7 +39,8 @@ def _alive_nodes(address: str) -> int:
     return int(lines[-1]) if out.returncode == 0 and lines else 0
 
 
-def _group_alive(pgid: int) -> bool:
+def group_alive(pgid: int) -> bool:
+    """A member of the process group that is not a zombie."""
     states = subprocess.run(["ps", "-o", "stat=", "-g", str(pgid)], capture_output=True, text=True).stdout.split()
     return any(not state.startswith("Z") for state in states)
 
@@ -88,8 +89,8 @@ class TwoNodeRay:
                 except ProcessLookupError:
                     pass
             deadline = time.monotonic() + wait_s
-            while any(_group_alive(g) for g in self.groups) and time.monotonic() < deadline:
+            while any(group_alive(g) for g in self.groups) and time.monotonic() < deadline:
                 time.sleep(0.2)
-            if not any(_group_alive(g) for g in self.groups):
+            if not any(group_alive(g) for g in self.groups):
                 break
         shutil.rmtree(self.temp_dir, ignore_errors=True)
