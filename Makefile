@@ -28,8 +28,9 @@ demo: install install-data
 	beit3 run configs/pipeline_demo.yaml
 
 # Two pytest processes, each taking whole files (module fixtures such as a shared local Ray stay in one process).
-# Measured on 2 cores (2026-12-03): 908 s and 1065 s in two runs, against 1067 s in one process. Starting the longest files first (pytest-xdist
-# otherwise starts the files with the most tests first) took 1022 s: the Ray-heavy files then ran side by side.
+# Measured on 2 cores (2026-12-03): 908 s and 1065 s in two runs, against 1067 s in one process. Starting the
+# longest files first (pytest-xdist otherwise starts the files with the most tests first) took 1022 s: the
+# Ray-heavy files then ran side by side.
 test: install-test
 	$(PYTHON) -m pytest -q -n 2 --dist loadfile
 
