@@ -5,6 +5,7 @@
 #   infra/local_stack.sh start [STATE_DIR]    # prints the env file to source; default STATE_DIR: .state/stack
 #   infra/local_stack.sh status [STATE_DIR]
 #   infra/local_stack.sh stop [STATE_DIR]     # kills only the process groups this script started
+#   BEIT3_STACK_SERVICES=ray infra/local_stack.sh start [STATE_DIR]   # the two-node Ray alone
 #
 # Every service runs in its own session (setsid), so its process group holds it and its children (Ray's
 # gcs_server, raylet, workers); `stop` signals exactly those groups, recorded in STATE_DIR/pids. It never calls
@@ -16,6 +17,7 @@ STATE=$(mkdir -p "${2:-${BEIT3_STACK_DIR:-.state/stack}}" && cd "${2:-${BEIT3_ST
 PYTHON=${PYTHON:-python3}
 BIN=$(dirname "$(command -v "$PYTHON")")
 TIMEOUT=${BEIT3_STACK_TIMEOUT:-150}
+SERVICES=" ${BEIT3_STACK_SERVICES:-ray prefect mlflow} "  # Ray always starts; Prefect and MLflow when listed
 
 free_port() { "$PYTHON" -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'; }
 
@@ -70,25 +72,30 @@ start() {
   spawn ray-head "$BIN/ray" start --head --block --port="$ray_port" --node-ip-address=127.0.0.1 \
     --num-cpus=1 --object-store-memory=200000000 --include-dashboard=false --disable-usage-stats \
     --temp-dir="$ray_tmp"
-  PREFECT_HOME="$STATE/prefect" PREFECT_SERVER_ANALYTICS_ENABLED=false PREFECT_API_URL= \
-    spawn prefect "$BIN/prefect" server start --host 127.0.0.1 --port "$prefect_port"
-  MLFLOW_SERVER_ENABLE_JOB_EXECUTION=false spawn mlflow "$BIN/mlflow" server --host 127.0.0.1 \
-    --port "$mlflow_port" --backend-store-uri "sqlite:///$STATE/mlflow.db" \
-    --artifacts-destination "$STATE/mlartifacts" --workers 1
+  if [[ $SERVICES == *" prefect "* ]]; then
+    PREFECT_HOME="$STATE/prefect" PREFECT_SERVER_ANALYTICS_ENABLED=false PREFECT_API_URL= \
+      spawn prefect "$BIN/prefect" server start --host 127.0.0.1 --port "$prefect_port"
+  fi
+  if [[ $SERVICES == *" mlflow "* ]]; then
+    MLFLOW_SERVER_ENABLE_JOB_EXECUTION=false spawn mlflow "$BIN/mlflow" server --host 127.0.0.1 \
+      --port "$mlflow_port" --backend-store-uri "sqlite:///$STATE/mlflow.db" \
+      --artifacts-destination "$STATE/mlartifacts" --workers 1
+  fi
 
   wait_for "Ray head" ray_nodes "127.0.0.1:$ray_port" 1
   spawn ray-worker "$BIN/ray" start --block --address="127.0.0.1:$ray_port" --num-cpus=1 \
     --object-store-memory=150000000
   wait_for "Ray worker" ray_nodes "127.0.0.1:$ray_port" 2
-  wait_for "Prefect server" http_ok "http://127.0.0.1:$prefect_port/api/health"
-  wait_for "MLflow server" http_ok "http://127.0.0.1:$mlflow_port/health"
-
-  cat >"$STATE/env" <<ENV
-export RAY_ADDRESS=127.0.0.1:$ray_port
-export RAY_AUTH_MODE=disabled
-export PREFECT_API_URL=http://127.0.0.1:$prefect_port/api
-export MLFLOW_TRACKING_URI=http://127.0.0.1:$mlflow_port
-ENV
+  local env="export RAY_ADDRESS=127.0.0.1:$ray_port"$'\n'"export RAY_AUTH_MODE=disabled"$'\n'
+  if [[ $SERVICES == *" prefect "* ]]; then
+    wait_for "Prefect server" http_ok "http://127.0.0.1:$prefect_port/api/health"
+    env+="export PREFECT_API_URL=http://127.0.0.1:$prefect_port/api"$'\n'
+  fi
+  if [[ $SERVICES == *" mlflow "* ]]; then
+    wait_for "MLflow server" http_ok "http://127.0.0.1:$mlflow_port/health"
+    env+="export MLFLOW_TRACKING_URI=http://127.0.0.1:$mlflow_port"$'\n'
+  fi
+  printf '%s' "$env" >"$STATE/env"  # written last: its presence means every service is up
   echo "$STATE/env"
 }
 

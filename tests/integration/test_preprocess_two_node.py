@@ -1,21 +1,23 @@
 """The preprocessing pipeline on a two-node Ray cluster made on one machine yields the one-node records."""
 
 import hashlib
+import os
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 from support.raw_data import build_raw_dataset, tiny_preprocess_config
-from support.ray_cluster import ENV, TwoNodeRay
+from support.ray_cluster import TwoNodeRay
 
 pytestmark = pytest.mark.slow
+
+ENV = os.environ | {"RAY_AUTH_MODE": "disabled", "RAY_USAGE_STATS_ENABLED": "0"}
 
 
 @pytest.fixture
 def two_node_cluster(tmp_path):
-    (tmp_path / "logs").mkdir()
-    cluster = TwoNodeRay(tmp_path / "logs")
+    cluster = TwoNodeRay(tmp_path / "stack")
     try:
         cluster.start()
         yield cluster
