@@ -21,7 +21,7 @@ def _uv_flags(tmp_path: Path, config: str, env: dict[str, str]) -> list[str]:
 def test_indexes_and_wheel_folders_from_file_and_environment_become_uv_flags(tmp_path):
     config = "[global]\nextra-index-url = file:///mirror/a/simple file:///mirror/b/simple\nfind-links = /wheels\n"
     flags = _uv_flags(tmp_path, config, {"PIP_FIND_LINKS": "/more-wheels"})
-    pairs = list(zip(flags[::2], flags[1::2]))
+    pairs = list(zip(flags[::2], flags[1::2], strict=True))
     assert sorted(pairs) == sorted(
         [
             ("--extra-index-url", "file:///mirror/a/simple"),
