@@ -1,14 +1,16 @@
 # Set-up and entry points. `make demo` and `make test` are the two commands a fresh machine needs.
 PYTHON ?= python3
 PIP := $(PYTHON) -m pip
-# uv resolves the same versions as pip and installs them in parallel: the project into a new venv took 55 s
+# uv resolves the same versions as pip and installs them in parallel: the project into a new venv took 13 s
 # against pip's 159 s (2 cores, 2026-12-03, local package mirror). It reads no pip configuration, so pip's
-# index and find-links settings are handed over (infra/uv_sources.py). --compile-bytecode, as pip does by
-# default: without it, where PYTHONDONTWRITEBYTECODE is set (these machines), every Ray worker process compiles
-# torch, Ray and MLflow from source again (`import ray.train.torch` 8.7 s against 4.4 s).
+# index and find-links settings are handed over (infra/uv_sources.py). It writes no bytecode (with
+# --compile-bytecode, as pip, 55 s); Python writes it for the modules imported on first use, unless
+# PYTHONDONTWRITEBYTECODE is set: then every Ray worker process compiles torch, Ray and MLflow again
+# (`import ray.train.torch` 8.7 s against 4.4 s), so the targets here unset it.
 UV_VERSION := 0.13.9
-UV_INSTALL = $(PIP) install -q uv==$(UV_VERSION) && $(PYTHON) -m uv pip install -q --compile-bytecode --python $(PYTHON) \
+UV_INSTALL = $(PIP) install -q uv==$(UV_VERSION) && $(PYTHON) -m uv pip install -q --python $(PYTHON) \
 	--index-strategy unsafe-best-match $$($(PYTHON) infra/uv_sources.py)
+export PYTHONDONTWRITEBYTECODE :=
 
 .PHONY: install install-test install-data demo test lint bench
 

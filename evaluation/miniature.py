@@ -7,8 +7,10 @@ the same code paths as the real benchmarks:
 
 - `imagenet/`: `train/<class>/`, `val/<class>/` class folders, from Fashion-MNIST (seeded per-class val split).
 - `coco/`: Karpathy `dataset_coco.json` + `train2014/`, `val2014/` from Tux Paint stamps and captions, and NoCaps
-  `nocaps_val_4500_captions.json` + `val/`, `nocaps_test_image_info.json` + `test/` from the held-out emoji and
-  their names that the Flickr-style test split leaves over (objects the COCO-style captioner never saw).
+  `nocaps_val_4500_captions.json` + `val/`, `nocaps_test_image_info.json` + `test/` from the corpus's
+  `heldout/nocaps/` stamps (pictures the pretraining and the COCO-style captioner never saw), each image's domain
+  given by how new its caption's words are to the COCO-style training captions, as NoCaps' domains are given by
+  how new its objects are to COCO.
 - `flickr30k/`: Karpathy `dataset_flickr30k.json` + `flickr30k-images/`, from the emoji and their names.
 - `vqav2/`: `v2_OpenEnded_mscoco_{train2014,val2014}_questions.json`, `v2_mscoco_*_annotations.json` and COCO
   image names, from templates over the Tux Paint stamps: the stamp's kind, a yes/no question on a kind and the
@@ -20,10 +22,11 @@ the same code paths as the real benchmarks:
 The Karpathy test images of `coco/` and `flickr30k/` and the NoCaps images come from the demo corpus's
 `heldout/` stamps and emoji, which the demo pretraining corpus does not contain, so the zero-shot units (11, 12)
 evaluated on them are zero-shot; without a `heldout/` folder (older corpora) they come from the corpus and the
-files say so (`info.test_held_out: false`, NoCaps `info.held_out: false`).
+files say so (`info.test_held_out: false`, NoCaps `info.held_out: false`; without `heldout/nocaps/`, NoCaps takes
+the held-out emoji the Flickr-style test split leaves over, or else corpus stamps).
 
-Nothing here is a real benchmark: one caption per image (COCO has ~5, NoCaps 10), NoCaps domains are assigned
-by position in stamp order (marked `synthetic`), VQA questions and NLVR2 statements come from templates
+Nothing here is a real benchmark: one caption per image (COCO has ~5, NoCaps 10), NoCaps domains come from
+caption words rather than object classes (marked `synthetic`), VQA questions and NLVR2 statements come from templates
 (marked `template_generated: true`). The build is deterministic for a seed (sorted inputs, one seeded
 generator, fixed image encoding) and idempotent: `miniature_manifest.json`, written last, records the
 parameters, and a rebuild with the same ones is skipped. Tux Paint is GPL-2: the output must not be committed.
@@ -52,8 +55,8 @@ from preprocessing.demo_data import FASHION_KINDS
 logger = logging.getLogger(__name__)
 
 MANIFEST = "miniature_manifest.json"
-VERSION = 9
-HELDOUT = "heldout"  # preprocessing.demo_data.HELDOUT
+VERSION = 10
+HELDOUT, NOCAPS = "heldout", "nocaps"  # preprocessing.demo_data.HELDOUT, NOCAPS
 TASK_FOLDERS = ("imagenet", "coco", "flickr30k", "vqav2", "nlvr2")
 _IMAGE_SIDE = 96  # long side of written JPEGs: small files, still larger than test models' inputs
 
@@ -65,7 +68,7 @@ def build_miniature_benchmarks(
     *,
     num_caption_images: int = 500,
     num_test_images: int | None = 200,
-    num_nocaps_images: int = 90,
+    num_nocaps_images: int = 200,
     images_per_class: int = 100,
     num_nlvr2_sets: tuple[int, int, int] = (300, 30, 100),
     force: bool = False,
@@ -80,8 +83,10 @@ def build_miniature_benchmarks(
         num_test_images: Karpathy test images of both (then val and restval take 1/12 each); None = 1/6, as
             val. The demo's 200 (of 500) give test sets whose chance-level standard errors are small next to
             what a fine-tuned tiny model reaches; fewer held-out items than that are used as they are.
-        num_nocaps_images: Images of the NoCaps-style files (4/5 val, 1/5 test): held-out emoji the Flickr-style
-            test split leaves over (the demo corpus has 90), or corpus stamps when there are fewer.
+        num_nocaps_images: At most this many images in the NoCaps-style files (4/5 val, 1/5 test): the
+            `heldout/nocaps/` stamps whose pictures no corpus item nearly repeats (the demo corpus has 104);
+            without that folder, the held-out emoji the Flickr-style test split leaves over, or corpus stamps
+            when there are fewer than this.
         images_per_class: Fashion-MNIST images per class in the ImageNet-style folders (1/5 go to val).
         num_nlvr2_sets: Sentence sets (two image pairs each) for train, dev and test1; test1 draws its images
             from 1/5 of each class's files that train and dev never use.
@@ -131,14 +136,21 @@ def build_miniature_benchmarks(
     flickr, spare_emoji = _build_flickr(
         demo_root, out_root / "flickr30k", num_caption_images, (num_test, num_val), legacy, rng
     )
-    # NoCaps pictures must be new to the pretraining too: the held-out emoji the Flickr test split leaves over
-    # (all held-out stamps go to the COCO test split); without enough of them, corpus stamps as before.
-    if len(spare_emoji) >= num_nocaps_images:
+    # NoCaps pictures must be new to the pretraining too: the corpus's NoCaps stamps; in older corpora the
+    # held-out emoji the Flickr test split leaves over, and without enough of them, corpus stamps.
+    nocaps_stamps = _new_pictures(_read_tuxpaint(demo_root / HELDOUT / NOCAPS), stamps + emoji)
+    if nocaps_stamps:
+        nocaps_items, nocaps_held = nocaps_stamps[:num_nocaps_images], True
+    elif len(spare_emoji) >= num_nocaps_images:
         nocaps_items, nocaps_held = spare_emoji[:num_nocaps_images], True
     else:
         nocaps_items, nocaps_held = stamps[used : used + num_nocaps_images], False
+    coco_splits = _karpathy_splits(len(coco_stamps), coco_test, num_val)
+    coco_training = [
+        s["caption"] for s, split in zip(coco_stamps, coco_splits, strict=True) if split in ("train", "restval")
+    ]
     summary |= {
-        "nocaps": _build_nocaps(nocaps_items, out_root / "coco", nocaps_held),
+        "nocaps": _build_nocaps(nocaps_items, out_root / "coco", nocaps_held, coco_training),
         "flickr30k": flickr,
         "vqav2": _build_vqa(out_root / "coco", out_root / "vqav2", rng),
         "nlvr2": _build_nlvr2(demo_root / "fashion_mnist", out_root / "nlvr2", num_nlvr2_sets, rng),
@@ -317,12 +329,36 @@ def _build_coco(
     return dict(counts)
 
 
-def _build_nocaps(items: list[dict[str, Any]], dest: Path, held_out: bool) -> dict[str, int]:
-    """NoCaps-style val (4/5, with captions) and test files of `items` (stamps or emoji rows), in name order."""
+# Words that name no object: a caption's domain is decided by the rest.
+_FUNCTION_WORDS = frozenset(
+    "a an the of and or with in on at to for from by its it is are this that these those his her their some".split()
+)
+
+
+def _novelty_domain(caption: str, vocabulary: set[str]) -> str:
+    """NoCaps' domains by word novelty: in-domain when the COCO-style training captions use every content word of
+    `caption`, out-domain when they use none, near-domain in between (NoCaps: objects all, none or some of them
+    COCO classes)."""
+    words = [w for w in _caption_tokens(caption) if w not in _FUNCTION_WORDS]
+    known = sum(w in vocabulary for w in words)
+    if words and known == len(words):
+        return "in-domain"
+    return "out-domain" if known == 0 else "near-domain"
+
+
+def _build_nocaps(
+    items: list[dict[str, Any]], dest: Path, held_out: bool, training_captions: list[str]
+) -> dict[str, int]:
+    """NoCaps-style val (4/5, with captions) and test files of `items` (stamps or emoji rows), in name order;
+    domains by the novelty of each caption's words to `training_captions` (the COCO-style training split's)."""
     ordered = sorted(items, key=_item_name)
     num_test = len(ordered) // 5
     val, test = ordered[: len(ordered) - num_test], ordered[len(ordered) - num_test :]
-    domains = ("in-domain", "near-domain", "out-domain")
+    vocabulary = {word for caption in training_captions for word in _caption_tokens(caption)}
+    if not held_out:
+        source = "Tux Paint stamps of the pretraining corpus"
+    else:
+        source = "held-out Tux Paint stamps" if any("stamp" in item for item in items) else "held-out emoji"
     counts = {}
     for split, chosen in (("val", val), ("test", test)):
         images, annotations = [], []
@@ -334,13 +370,11 @@ def _build_nocaps(items: list[dict[str, Any]], dest: Path, held_out: bool) -> di
                 width, height = image.size
             entry = {"id": index, "open_images_id": open_images_id, "height": height, "width": width}
             entry |= {"coco_url": "", "file_name": f"{open_images_id}.jpg", "license": 0, "date_captured": ""}
-            # Synthetic domains: thirds of the stamp-path order (related stamps sit together).
-            entry["domain"] = domains[min(2, 3 * index // max(1, len(chosen)))]
+            entry["domain"] = _novelty_domain(stamp["caption"], vocabulary)
             images.append(entry)
             annotations.append({"image_id": index, "id": index, "caption": stamp["caption"]})
-        source = "held-out emoji" if held_out else "Tux Paint stamps of the pretraining corpus"
         info = {"description": f"miniature NoCaps {split} from {source}", "synthetic": True, "held_out": held_out}
-        info["domain_assignment"] = "thirds of the name order (synthetic, not novelty w.r.t. COCO)"
+        info["domain_assignment"] = "novelty of the caption's words to the COCO-style training captions"
         data = {"licenses": [], "info": info, "images": images}
         if split == "val":
             data["annotations"] = annotations
@@ -371,7 +405,12 @@ def _unseen_captions(held: list[dict[str, Any]], corpus: list[dict[str, Any]]) -
     corpus item nearly repeats (some emoji and stamps differ only in a detail): either would make the zero-shot
     units' leakage check (`evaluation.leakage`, same fingerprint and thresholds) fail."""
     seen = {normalise_caption(item["caption"]) for item in corpus}
-    held = [item for item in held if normalise_caption(item["caption"]) not in seen]
+    return _new_pictures([item for item in held if normalise_caption(item["caption"]) not in seen], corpus)
+
+
+def _new_pictures(held: list[dict[str, Any]], corpus: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The held-out items whose picture no corpus item nearly repeats (`evaluation.leakage`'s fingerprint and
+    thresholds)."""
     if not held:
         return held
     corpus_prints = [fp for fp in (image_fingerprint(_item_jpeg(item)) for item in corpus) if fp is not None]
@@ -390,9 +429,7 @@ def _unseen_captions(held: list[dict[str, Any]], corpus: list[dict[str, Any]]) -
                 continue
         unseen.append(item)
     if len(unseen) < len(held):
-        logger.info(
-            "%d held-out images nearly repeat a corpus image: left out of the test split", len(held) - len(unseen)
-        )
+        logger.info("%d held-out images nearly repeat a corpus image: left out", len(held) - len(unseen))
     return unseen
 
 

@@ -7,6 +7,7 @@ when one is absent.
 from __future__ import annotations
 
 import json
+import tarfile
 from pathlib import Path
 
 import pytest
@@ -38,8 +39,9 @@ SMALL = DemoLimits(
     fashion_pairs_per_class=2,
     text_per_collection=20,
     holdout_every=6,
+    nocaps_holdout_every=5,
 )
-EXPECTED_COUNTS = {"tuxpaint": 10, "emoji": 5, "fashion_mnist": 30, "fashion_pairs": 20, "text": 60, "fortunes": 20}
+EXPECTED_COUNTS = {"tuxpaint": 8, "emoji": 5, "fashion_mnist": 30, "fashion_pairs": 20, "text": 60, "fortunes": 20}
 
 
 def _require_packages() -> None:
@@ -57,8 +59,22 @@ def test_small_demo_corpus_builds_and_reads_back(tmp_path: Path) -> None:
     corpus = build_demo_corpus(tmp_path, SMALL, PACKAGES)
     assert corpus["built"] and corpus["counts"] == EXPECTED_COUNTS
     assert sorted(p.name for p in (tmp_path / "tuxpaint").iterdir()) == ["00000.tar", "00001.tar"]
-    # Every 6th stamp and emoji is held out of the corpus (the miniature benchmarks' test images).
+    # Every 6th stamp and emoji is held out of the corpus (the miniature benchmarks' test images), and every 5th
+    # stamp of the rest (the NoCaps-style pictures): 12 stamps -> 2 held out, 2 for NoCaps, 8 in the corpus.
     assert [p.name for p in (tmp_path / "heldout" / "tuxpaint").iterdir()] == ["00000.tar"]
+    assert json.loads((tmp_path / "demo_manifest.json").read_text())["heldout"] == {
+        "tuxpaint": 2,
+        "nocaps": 2,
+        "emoji": 1,
+    }
+    with tarfile.open(tmp_path / "heldout" / "nocaps" / "00000.tar") as tar:
+        nocaps = {m.name for m in tar if m.name.endswith(".png")}
+        nocaps_pngs = {tar.extractfile(name).read() for name in nocaps}
+    corpus_pngs = set()
+    for shard in sorted((tmp_path / "tuxpaint").iterdir()):
+        with tarfile.open(shard) as tar:
+            corpus_pngs |= {tar.extractfile(m).read() for m in tar if m.name.endswith(".png")}
+    assert len(nocaps_pngs) == 2 and len(corpus_pngs) == 8 and not nocaps_pngs & corpus_pngs
     held = [json.loads(line) for line in (tmp_path / "heldout" / "emoji" / "pairs.jsonl").read_text().splitlines()]
     kept = (tmp_path / "emoji" / "pairs.jsonl").read_text()
     assert (

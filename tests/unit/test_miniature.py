@@ -172,7 +172,7 @@ def test_official_files_and_markers(built):
     assert first["filename"] == f"COCO_{first['filepath']}_{first['cocoid']:012d}.jpg"
     nocaps = json.loads((root / "coco" / "nocaps_val_4500_captions.json").read_text())
     assert nocaps["info"]["synthetic"] is True
-    assert {i["domain"] for i in nocaps["images"]} == {"in-domain", "near-domain", "out-domain"}
+    assert {i["domain"] for i in nocaps["images"]} <= {"in-domain", "near-domain", "out-domain"}
     questions = json.loads((root / "vqav2" / "v2_OpenEnded_mscoco_train2014_questions.json").read_text())
     annotations = json.loads((root / "vqav2" / "v2_mscoco_train2014_annotations.json").read_text())
     assert questions["template_generated"] is True and annotations["template_generated"] is True
@@ -258,6 +258,53 @@ def test_nocaps_takes_the_held_out_emoji_the_flickr_test_leaves(demo, tmp_path):
     fallback = build_miniature_benchmarks(demo, tmp_path / "mini2", seed=3, **SIZES)["out_root"]
     info = json.loads((fallback / "coco" / "nocaps_val_4500_captions.json").read_text())["info"]
     assert info["held_out"] is False and "pretraining corpus" in info["description"]
+
+
+def _with_nocaps_stamps(demo: Path, tmp_path: Path, stamps: list[tuple[str, bytes]]) -> Path:
+    """A copy of the fake corpus with `heldout/nocaps`: one stamp per (caption, png)."""
+    demo_copy = tmp_path / "demo"
+    shutil.copytree(demo, demo_copy)
+    (demo_copy / "heldout" / "nocaps").mkdir(parents=True)
+    with tarfile.open(demo_copy / "heldout" / "nocaps" / "00000.tar", "w") as tar:
+        for index, (caption, png) in enumerate(stamps):
+            key = f"00000{index:04d}"
+            meta = {"key": key, "caption": caption, "stamp": f"animals/held-{index}"}
+            _add(tar, f"{key}.json", json.dumps(meta).encode())
+            _add(tar, f"{key}.png", png)
+            _add(tar, f"{key}.txt", caption.encode())
+    return demo_copy
+
+
+def test_nocaps_takes_the_held_out_stamps_with_domains_by_word_novelty(demo, tmp_path):
+    known = ["A frog.", "An apple and a kite.", "A quokka.", "A frog and a quokka.", "Two unheard-of wombats."]
+    stamps = [(caption, _png((17 * i, 200, 255 - 30 * i), size=(36, 44))) for i, caption in enumerate(known)]
+    # A corpus stamp's picture again under a new caption: not new to the pretraining, so left out.
+    with tarfile.open(demo / "tuxpaint" / "00000.tar") as tar:
+        corpus_png = tar.extractfile("000000003.png").read()
+    demo_copy = _with_nocaps_stamps(demo, tmp_path, [*stamps, ("A brand new heron.", corpus_png)])
+    root = build_miniature_benchmarks(demo_copy, tmp_path / "mini", seed=3, **SIZES)["out_root"]
+    val = json.loads((root / "coco" / "nocaps_val_4500_captions.json").read_text())
+    test = json.loads((root / "coco" / "nocaps_test_image_info.json").read_text())
+    assert val["info"]["held_out"] is True and "held-out Tux Paint stamps" in val["info"]["description"]
+    assert len(val["images"]) == 4 and len(test["images"]) == 1  # 5 new pictures, 4/5 val
+    captions = {a["image_id"]: a["caption"] for a in val["annotations"]}
+    assert "A brand new heron." not in captions.values()
+    # The domains from the definition: words (articles and conjunctions aside) the COCO-style training captions use.
+    coco = json.loads((root / "coco" / "dataset_coco.json").read_text())
+    train_words = {
+        w for i in coco["images"] if i["split"] in ("train", "restval") for s in i["sentences"] for w in s["tokens"]
+    }
+    assert {"frog", "apple", "kite"} <= train_words and not {"quokka", "unheard", "wombats"} & train_words
+    expected = {
+        "A frog.": "in-domain",
+        "An apple and a kite.": "in-domain",
+        "A quokka.": "out-domain",
+        "A frog and a quokka.": "near-domain",
+        "Two unheard-of wombats.": "out-domain",
+    }
+    assert all(image["domain"] == expected[captions[image["id"]]] for image in val["images"])
+    held_images = {(root / "coco" / "val" / i["file_name"]).read_bytes() for i in val["images"]}
+    assert held_images <= {_jpeg_of(png) for _, png in stamps}
 
 
 def _jpeg_of(png: bytes) -> bytes:
