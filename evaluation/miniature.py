@@ -84,9 +84,9 @@ def build_miniature_benchmarks(
             val. The demo's 200 (of 500) give test sets whose chance-level standard errors are small next to
             what a fine-tuned tiny model reaches; fewer held-out items than that are used as they are.
         num_nocaps_images: At most this many images in the NoCaps-style files (4/5 val, 1/5 test): the
-            `heldout/nocaps/` stamps whose pictures no corpus item nearly repeats (the demo corpus has 104);
-            without that folder, the held-out emoji the Flickr-style test split leaves over, or corpus stamps
-            when there are fewer than this.
+            `heldout/nocaps/` stamps whose pictures no corpus item nearly repeats (`DemoLimits
+            .nocaps_holdout_every`; off in the demo corpus); without them, the held-out emoji the Flickr-style
+            test split leaves over (about 90 in the demo corpus), or else corpus stamps.
         images_per_class: Fashion-MNIST images per class in the ImageNet-style folders (1/5 go to val).
         num_nlvr2_sets: Sentence sets (two image pairs each) for train, dev and test1; test1 draws its images
             from 1/5 of each class's files that train and dev never use.
@@ -136,12 +136,12 @@ def build_miniature_benchmarks(
     flickr, spare_emoji = _build_flickr(
         demo_root, out_root / "flickr30k", num_caption_images, (num_test, num_val), legacy, rng
     )
-    # NoCaps pictures must be new to the pretraining too: the corpus's NoCaps stamps; in older corpora the
-    # held-out emoji the Flickr test split leaves over, and without enough of them, corpus stamps.
+    # NoCaps pictures must be new to the pretraining too: the corpus's NoCaps stamps; without them the held-out
+    # emoji the Flickr test split leaves over, and without those, corpus stamps (the files say so).
     nocaps_stamps = _new_pictures(_read_tuxpaint(demo_root / HELDOUT / NOCAPS), stamps + emoji)
     if nocaps_stamps:
         nocaps_items, nocaps_held = nocaps_stamps[:num_nocaps_images], True
-    elif len(spare_emoji) >= num_nocaps_images:
+    elif spare_emoji:
         nocaps_items, nocaps_held = spare_emoji[:num_nocaps_images], True
     else:
         nocaps_items, nocaps_held = stamps[used : used + num_nocaps_images], False
