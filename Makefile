@@ -33,9 +33,11 @@ install-test: install-data
 	$(UV_INSTALL) --no-deps torchscale==0.3.0
 
 # The main job: the whole DAG (ingest, preprocess, pretrain, fine-tune + evaluate, report) on the demo corpus.
+# `python -m flows.cli` is the `beit3` command: a console script installed by uv into a pyenv or other shimmed
+# Python is not on PATH until the shims are rebuilt.
 demo: install install-data
-	beit3 demo-data
-	beit3 run configs/pipeline_demo.yaml
+	$(PYTHON) -m flows.cli demo-data
+	$(PYTHON) -m flows.cli run configs/pipeline_demo.yaml
 
 # Two pytest processes, each taking whole files (module fixtures such as a shared local Ray stay in one process).
 # Measured on 2 cores (2026-12-03): 908 s and 1065 s in two runs, against 1067 s in one process. Starting the
