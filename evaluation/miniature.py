@@ -55,7 +55,7 @@ from preprocessing.demo_data import FASHION_KINDS
 logger = logging.getLogger(__name__)
 
 MANIFEST = "miniature_manifest.json"
-VERSION = 10
+VERSION = 11  # 11: NoCaps takes the spare held-out emoji there are, however few
 HELDOUT, NOCAPS = "heldout", "nocaps"  # preprocessing.demo_data.HELDOUT, NOCAPS
 TASK_FOLDERS = ("imagenet", "coco", "flickr30k", "vqav2", "nlvr2")
 _IMAGE_SIDE = 96  # long side of written JPEGs: small files, still larger than test models' inputs

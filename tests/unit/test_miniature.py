@@ -254,7 +254,15 @@ def test_nocaps_takes_the_held_out_emoji_the_flickr_test_leaves(demo, tmp_path):
     assert len(set(nocaps_images)) == len(nocaps_images) == 8
     assert not {_jpeg_of(image) for image in corpus} & set(nocaps_images)
 
-    # Without enough held-out emoji the NoCaps files come from corpus stamps, and say so.
+    # Fewer spare held-out emoji than asked for: NoCaps takes those there are.
+    (tmp_path / "few").mkdir()
+    few = _with_held_out_emoji(demo, tmp_path / "few", [f"held symbol {i}" for i in range(7)])
+    few_root = build_miniature_benchmarks(few, tmp_path / "mini3", seed=3, **SIZES)["out_root"]
+    few_val = json.loads((few_root / "coco" / "nocaps_val_4500_captions.json").read_text())
+    few_test = json.loads((few_root / "coco" / "nocaps_test_image_info.json").read_text())
+    assert few_val["info"]["held_out"] is True and len(few_val["images"]) + len(few_test["images"]) == 3
+
+    # Without spare held-out emoji the NoCaps files come from corpus stamps, and say so.
     fallback = build_miniature_benchmarks(demo, tmp_path / "mini2", seed=3, **SIZES)["out_root"]
     info = json.loads((fallback / "coco" / "nocaps_val_4500_captions.json").read_text())["info"]
     assert info["held_out"] is False and "pretraining corpus" in info["description"]
