@@ -7,8 +7,8 @@ the same code paths as the real benchmarks:
 
 - `imagenet/`: `train/<class>/`, `val/<class>/` class folders, from Fashion-MNIST (seeded per-class val split).
 - `coco/`: Karpathy `dataset_coco.json` + `train2014/`, `val2014/` from Tux Paint stamps and captions, and NoCaps
-  `nocaps_val_4500_captions.json` + `val/`, `nocaps_test_image_info.json` + `test/` from the corpus's
-  `heldout/nocaps/` stamps (pictures the pretraining and the COCO-style captioner never saw), each image's domain
+  `nocaps_val_4500_captions.json` + `val/`, `nocaps_test_image_info.json` + `test/` from held-out stamps and emoji
+  (pictures the pretraining and the COCO-style captioner never saw), each image's domain
   given by how new its caption's words are to the COCO-style training captions, as NoCaps' domains are given by
   how new its objects are to COCO.
 - `flickr30k/`: Karpathy `dataset_flickr30k.json` + `flickr30k-images/`, from the emoji and their names.
@@ -22,8 +22,10 @@ the same code paths as the real benchmarks:
 The Karpathy test images of `coco/` and `flickr30k/` and the NoCaps images come from the demo corpus's
 `heldout/` stamps and emoji, which the demo pretraining corpus does not contain, so the zero-shot units (11, 12)
 evaluated on them are zero-shot; without a `heldout/` folder (older corpora) they come from the corpus and the
-files say so (`info.test_held_out: false`, NoCaps `info.held_out: false`; without `heldout/nocaps/`, NoCaps takes
-the held-out emoji the Flickr-style test split leaves over, or else corpus stamps).
+files say so (`info.test_held_out: false`, NoCaps `info.held_out: false`). NoCaps takes the corpus's
+`heldout/nocaps/` stamps when it holds them out; otherwise the held-out stamps the COCO-style test split leaves over
+(new pictures of captions the corpus has: the test split needs new captions too, NoCaps does not) and the held-out
+emoji the Flickr-style one leaves over; without any, corpus stamps.
 
 Nothing here is a real benchmark: one caption per image (COCO has ~5, NoCaps 10), NoCaps domains come from
 caption words rather than object classes (marked `synthetic`), VQA questions and NLVR2 statements come from templates
@@ -55,7 +57,7 @@ from preprocessing.demo_data import FASHION_KINDS
 logger = logging.getLogger(__name__)
 
 MANIFEST = "miniature_manifest.json"
-VERSION = 11  # 11: NoCaps takes the spare held-out emoji there are, however few
+VERSION = 12  # 12: NoCaps also takes the held-out stamps the COCO-style test split leaves over
 HELDOUT, NOCAPS = "heldout", "nocaps"  # preprocessing.demo_data.HELDOUT, NOCAPS
 TASK_FOLDERS = ("imagenet", "coco", "flickr30k", "vqav2", "nlvr2")
 _IMAGE_SIDE = 96  # long side of written JPEGs: small files, still larger than test models' inputs
@@ -85,8 +87,9 @@ def build_miniature_benchmarks(
             what a fine-tuned tiny model reaches; fewer held-out items than that are used as they are.
         num_nocaps_images: At most this many images in the NoCaps-style files (4/5 val, 1/5 test): the
             `heldout/nocaps/` stamps whose pictures no corpus item nearly repeats (`DemoLimits
-            .nocaps_holdout_every`; off in the demo corpus); without them, the held-out emoji the Flickr-style
-            test split leaves over (about 90 in the demo corpus), or else corpus stamps.
+            .nocaps_holdout_every`; off in the demo corpus); without them, the held-out stamps the COCO-style test
+            split leaves over, then the held-out emoji the Flickr-style one leaves over (63 + 90 in the demo
+            corpus), or else corpus stamps.
         images_per_class: Fashion-MNIST images per class in the ImageNet-style folders (1/5 go to val).
         num_nlvr2_sets: Sentence sets (two image pairs each) for train, dev and test1; test1 draws its images
             from 1/5 of each class's files that train and dev never use.
@@ -121,7 +124,11 @@ def build_miniature_benchmarks(
     rng.shuffle(stamps)
     # The emoji pairs are pretraining pairs too ("Teddy bear." is a stamp's caption and an emoji's name).
     emoji = _emoji_rows(demo_root / "emoji", random.Random(seed))
-    held_stamps = _unseen_captions(_read_tuxpaint(demo_root / HELDOUT / "tuxpaint"), stamps + emoji)
+    # Held-out stamps whose pictures are new to the corpus; those whose caption is new too can be test images of
+    # the COCO-style split (zero-shot retrieval checks both), the rest are left to NoCaps, which needs new
+    # pictures only ("A cow." for a cow drawn otherwise is an in-domain NoCaps image).
+    held_pictures = _new_pictures(_read_tuxpaint(demo_root / HELDOUT / "tuxpaint"), stamps + emoji)
+    held_stamps = _captions_unseen(held_pictures, stamps + emoji)
     rng.shuffle(held_stamps)
     # Without an explicit test size: 1/6 test and 1/6 val, test images held out only when enough are.
     legacy = num_test_images is None
@@ -136,13 +143,17 @@ def build_miniature_benchmarks(
     flickr, spare_emoji = _build_flickr(
         demo_root, out_root / "flickr30k", num_caption_images, (num_test, num_val), legacy, rng
     )
-    # NoCaps pictures must be new to the pretraining too: the corpus's NoCaps stamps; without them the held-out
-    # emoji the Flickr test split leaves over, and without those, corpus stamps (the files say so).
+    # NoCaps pictures must be new to the pretraining too: the corpus's NoCaps stamps when it holds them out;
+    # otherwise the held-out stamps the COCO-style test split leaves over (mostly captions the corpus has: the
+    # in-domain images) and the held-out emoji the Flickr-style test split leaves over (names the COCO-style
+    # captions lack: near and out of domain); without any, corpus stamps (the files say so).
     nocaps_stamps = _new_pictures(_read_tuxpaint(demo_root / HELDOUT / NOCAPS), stamps + emoji)
-    if nocaps_stamps:
-        nocaps_items, nocaps_held = nocaps_stamps[:num_nocaps_images], True
-    elif spare_emoji:
-        nocaps_items, nocaps_held = spare_emoji[:num_nocaps_images], True
+    coco_test_stamps = {item["stamp"] for item in coco_stamps[:coco_test]} if coco_held else set()
+    spare_stamps = sorted(
+        (item for item in held_pictures if item["stamp"] not in coco_test_stamps), key=lambda item: item["stamp"]
+    )
+    if nocaps_stamps or spare_stamps or spare_emoji:
+        nocaps_items, nocaps_held = (nocaps_stamps or spare_stamps + spare_emoji)[:num_nocaps_images], True
     else:
         nocaps_items, nocaps_held = stamps[used : used + num_nocaps_images], False
     coco_splits = _karpathy_splits(len(coco_stamps), coco_test, num_val)
@@ -349,16 +360,21 @@ def _novelty_domain(caption: str, vocabulary: set[str]) -> str:
 def _build_nocaps(
     items: list[dict[str, Any]], dest: Path, held_out: bool, training_captions: list[str]
 ) -> dict[str, int]:
-    """NoCaps-style val (4/5, with captions) and test files of `items` (stamps or emoji rows), in name order;
+    """NoCaps-style val (with captions) and test (every fifth in name order) files of `items` (stamps or emoji rows);
     domains by the novelty of each caption's words to `training_captions` (the COCO-style training split's)."""
     ordered = sorted(items, key=_item_name)
-    num_test = len(ordered) // 5
-    val, test = ordered[: len(ordered) - num_test], ordered[len(ordered) - num_test :]
+    # Every fifth to test, so that both kinds of picture (emoji file names sort before stamp paths) are in both.
+    val, test = [item for i, item in enumerate(ordered) if i % 5 != 4], ordered[4::5]
     vocabulary = {word for caption in training_captions for word in _caption_tokens(caption)}
     if not held_out:
         source = "Tux Paint stamps of the pretraining corpus"
     else:
-        source = "held-out Tux Paint stamps" if any("stamp" in item for item in items) else "held-out emoji"
+        kinds = [
+            name
+            for name, present in (("Tux Paint stamps", "stamp"), ("emoji", "image"))
+            if any(present in item for item in items)
+        ]
+        source = "held-out " + " and ".join(kinds)
     counts = {}
     for split, chosen in (("val", val), ("test", test)):
         images, annotations = [], []
@@ -404,8 +420,13 @@ def _unseen_captions(held: list[dict[str, Any]], corpus: list[dict[str, Any]]) -
     """The held-out items whose caption no corpus item has (several stamps share "A cow.") and whose picture no
     corpus item nearly repeats (some emoji and stamps differ only in a detail): either would make the zero-shot
     units' leakage check (`evaluation.leakage`, same fingerprint and thresholds) fail."""
+    return _new_pictures(_captions_unseen(held, corpus), corpus)
+
+
+def _captions_unseen(held: list[dict[str, Any]], corpus: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The held-out items whose caption no corpus item has (normalised as the leakage check does)."""
     seen = {normalise_caption(item["caption"]) for item in corpus}
-    return _new_pictures([item for item in held if normalise_caption(item["caption"]) not in seen], corpus)
+    return [item for item in held if normalise_caption(item["caption"]) not in seen]
 
 
 def _new_pictures(held: list[dict[str, Any]], corpus: list[dict[str, Any]]) -> list[dict[str, Any]]:

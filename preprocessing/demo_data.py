@@ -154,8 +154,8 @@ class DemoLimits:
     images) the captioner scores NoCaps CIDEr 56.8 against the constant caption's 14.0 +- 3.9 (in-domain 91.7,
     near 32.7, out 0.9), but the smaller corpus moves the other units: Flickr-style zero-shot mean recall 4.75 (6.00
     with the full corpus; random ranking 2.67 +- 0.91) and the MDM pair-image accuracy 1.42x its baseline (2.04x);
-    with 8 (65 out) zero-shot 3.58. Without the folder NoCaps takes the held-out emoji, whose names the stamp
-    captioner cannot know (CIDEr 0.2 against the constant caption's 1.3 on 272 of them)."""
+    with 8 (65 out) zero-shot 3.58. Without the folder NoCaps takes the held-out stamps and emoji the two test
+    splits leave over (the demo's 153 images, `configs/pipeline_demo.yaml` has its figures)."""
 
     def __post_init__(self) -> None:
         for spec_field in dataclasses.fields(self):

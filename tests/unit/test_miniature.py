@@ -268,12 +268,12 @@ def test_nocaps_takes_the_held_out_emoji_the_flickr_test_leaves(demo, tmp_path):
     assert info["held_out"] is False and "pretraining corpus" in info["description"]
 
 
-def _with_nocaps_stamps(demo: Path, tmp_path: Path, stamps: list[tuple[str, bytes]]) -> Path:
-    """A copy of the fake corpus with `heldout/nocaps`: one stamp per (caption, png)."""
+def _with_nocaps_stamps(demo: Path, tmp_path: Path, stamps: list[tuple[str, bytes]], folder="nocaps") -> Path:
+    """A copy of the fake corpus with `heldout/<folder>`: one stamp per (caption, png)."""
     demo_copy = tmp_path / "demo"
     shutil.copytree(demo, demo_copy)
-    (demo_copy / "heldout" / "nocaps").mkdir(parents=True)
-    with tarfile.open(demo_copy / "heldout" / "nocaps" / "00000.tar", "w") as tar:
+    (demo_copy / "heldout" / folder).mkdir(parents=True)
+    with tarfile.open(demo_copy / "heldout" / folder / "00000.tar", "w") as tar:
         for index, (caption, png) in enumerate(stamps):
             key = f"00000{index:04d}"
             meta = {"key": key, "caption": caption, "stamp": f"animals/held-{index}"}
@@ -313,6 +313,46 @@ def test_nocaps_takes_the_held_out_stamps_with_domains_by_word_novelty(demo, tmp
     assert all(image["domain"] == expected[captions[image["id"]]] for image in val["images"])
     held_images = {(root / "coco" / "val" / i["file_name"]).read_bytes() for i in val["images"]}
     assert held_images <= {_jpeg_of(png) for _, png in stamps}
+
+
+def test_nocaps_takes_the_held_out_stamps_the_coco_test_leaves(demo, tmp_path):
+    # Held-out stamps (new pictures): three with captions the corpus lacks, four sharing a corpus caption, one
+    # repeating a corpus picture. The COCO-style test split takes two of the first kind (zero-shot retrieval needs
+    # new captions); NoCaps needs new pictures only and takes the five left.
+    new_captions = ["A quokka.", "A wombat.", "A numbat."]
+    shared = ["A frog.", "A heron.", "A boat.", "A frog."]
+    stamps = [(c, _png((11 * i, 250 - 20 * i, 90), size=(38, 42))) for i, c in enumerate(new_captions + shared)]
+    with tarfile.open(demo / "tuxpaint" / "00000.tar") as tar:
+        corpus_png = tar.extractfile("000000003.png").read()
+    demo_copy = _with_nocaps_stamps(demo, tmp_path, [*stamps, ("A zebu.", corpus_png)], folder="tuxpaint")
+    result = build_miniature_benchmarks(demo_copy, tmp_path / "mini", seed=3, **(SIZES | {"num_test_images": 2}))
+    root = result["out_root"]
+    coco = json.loads((root / "coco" / "dataset_coco.json").read_text())
+    coco_test = [i for i in coco["images"] if i["split"] == "test"]
+    assert coco["info"]["test_held_out"] is True and len(coco_test) == 2
+    assert {i["sentences"][0]["raw"] for i in coco_test} < set(new_captions)
+    val = json.loads((root / "coco" / "nocaps_val_4500_captions.json").read_text())
+    test = json.loads((root / "coco" / "nocaps_test_image_info.json").read_text())
+    assert val["info"]["held_out"] is True and val["info"]["description"].endswith("held-out Tux Paint stamps")
+    assert len(val["images"]) == 4 and len(test["images"]) == 1
+    nocaps_images = {(root / "coco" / "val" / i["file_name"]).read_bytes() for i in val["images"]}
+    nocaps_images |= {(root / "coco" / "test" / i["file_name"]).read_bytes() for i in test["images"]}
+    coco_test_images = {(root / "coco" / "val2014" / i["filename"]).read_bytes() for i in coco_test}
+    assert len(nocaps_images) == 5 and nocaps_images <= {_jpeg_of(png) for _, png in stamps}
+    assert not nocaps_images & coco_test_images and _jpeg_of(corpus_png) not in nocaps_images
+    assert sum(a["caption"] in shared for a in val["annotations"]) >= 3  # 4 of the 5 share a corpus caption
+
+    # With spare held-out emoji too, NoCaps takes the stamps first and fills up with the emoji.
+    with_emoji = _with_held_out_emoji(demo_copy, tmp_path / "emoji", [f"held symbol {i}" for i in range(12)])
+    root = build_miniature_benchmarks(with_emoji, tmp_path / "mini2", seed=3, **(SIZES | {"num_test_images": 2}))[
+        "out_root"
+    ]
+    val = json.loads((root / "coco" / "nocaps_val_4500_captions.json").read_text())
+    test = json.loads((root / "coco" / "nocaps_test_image_info.json").read_text())
+    assert val["info"]["description"].endswith("held-out Tux Paint stamps and emoji")
+    assert len(val["images"]) + len(test["images"]) == 10
+    captions = [a["caption"] for a in val["annotations"]]
+    assert sum(c.startswith("held symbol") for c in captions) >= 3 and sum(c.startswith("A ") for c in captions) >= 3
 
 
 def _jpeg_of(png: bytes) -> bytes:
@@ -360,7 +400,12 @@ def test_real_demo_corpus(tmp_path, tokenizer):
     result = build_miniature_benchmarks(REAL_DEMO, tmp_path / "mini", seed=0)
     counts = {name: entry["counts"] for name, entry in result["tasks"].items()}
     assert counts["coco_captioning"]["train"] >= 100 and counts["nlvr2"]["train"] == 600
-    # The demo corpus holds enough held-out stamps and emoji for 200-image test splits.
-    assert counts["coco_retrieval"]["test"] == counts["flickr30k_retrieval"]["test"] == 200
+    # The demo corpus holds enough held-out emoji for a 200-image test split, and held-out stamps with new
+    # pictures and new captions for nearly one (196 with tuxpaint-stamps-default 2022.06.04).
+    assert counts["flickr30k_retrieval"]["test"] == 200 and 180 <= counts["coco_retrieval"]["test"] <= 200
+    # NoCaps takes what the two test splits leave over (63 stamps + 90 emoji), all new to the pretraining.
+    assert counts["nocaps"]["val"] + counts["nocaps"]["test"] >= 120
+    nocaps = json.loads((result["out_root"] / "coco" / "nocaps_val_4500_captions.json").read_text())
+    assert nocaps["info"]["held_out"] is True and "stamps and emoji" in nocaps["info"]["description"]
     assert counts["nlvr2"]["test1"] == 200 and counts["imagenet"]["val"] == 200
     _read_back(result["tasks"], tokenizer)
