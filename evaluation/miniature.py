@@ -149,9 +149,7 @@ def build_miniature_benchmarks(
     # captions lack: near and out of domain); without any, corpus stamps (the files say so).
     nocaps_stamps = _new_pictures(_read_tuxpaint(demo_root / HELDOUT / NOCAPS), stamps + emoji)
     coco_test_stamps = {item["stamp"] for item in coco_stamps[:coco_test]} if coco_held else set()
-    spare_stamps = sorted(
-        (item for item in held_pictures if item["stamp"] not in coco_test_stamps), key=lambda item: item["stamp"]
-    )
+    spare_stamps = [item for item in held_pictures if item["stamp"] not in coco_test_stamps]
     if nocaps_stamps or spare_stamps or spare_emoji:
         nocaps_items, nocaps_held = (nocaps_stamps or spare_stamps + spare_emoji)[:num_nocaps_images], True
     else:
