@@ -57,12 +57,13 @@ def test_nlvr2_majority_label(tmp_path):
     data = tmp_path / "nlvr2" / "data"
     data.mkdir(parents=True)
     train = [_nlvr2_line(f"train-{i}-0-0", label) for i, label in enumerate(["False", "True", "False"])]
-    dev = [_nlvr2_line(f"dev-{i}-0-{i}", label) for i, label in enumerate(["True", "False", "False", "False", "True"])]
+    # The dev split's own majority is "True": a baseline read from the split it is scored on would score 60.
+    dev = [_nlvr2_line(f"dev-{i}-0-{i}", label) for i, label in enumerate(["True", "True", "True", "False", "False"])]
     (data / "train.json").write_text("".join(train))
     (data / "dev.json").write_text("".join(dev))
     out = unit_baseline("nlvr2", tmp_path, "dev")
-    assert out["metrics"]["accuracy"] == pytest.approx(60.0)  # "False" on 3 of 5
-    assert out["stderr"]["accuracy"] == pytest.approx(100 * math.sqrt(0.6 * 0.4 / 5))
+    assert out["metrics"]["accuracy"] == pytest.approx(40.0)  # the training majority "False" on 2 of 5
+    assert out["stderr"]["accuracy"] == pytest.approx(100 * math.sqrt(0.4 * 0.6 / 5))
     assert "False" in out["predictor"]
 
 
@@ -85,20 +86,24 @@ def _vqa_files(root, subtype, questions):
 
 
 def test_vqav2_most_frequent_answer_with_the_official_metric(tmp_path):
-    # Training answers: "dog" 12 times, "yes" 10, "red" 8 -> "dog". Held-out val questions (rest_val_images: 1
-    # puts val image 1 in the evaluation split): "dog" x10 -> 1; "dog" x2 -> the leave-one-out mean
-    # (2 * 1/3 + 8 * 2/3) / 10 = 0.6; no "dog" -> 0. Overall (1 + 0.6 + 0) / 3 = 53.33%.
-    _vqa_files(tmp_path, "train2014", [(1, ["dog"] * 10), (2, ["yes"] * 10), (3, ["dog"] * 2 + ["red"] * 8)])
-    _vqa_files(tmp_path, "val2014", [(4, ["dog"] * 10), (5, ["dog"] * 2 + ["cat"] * 8), (6, ["yes"] * 10)])
+    # Training annotators answered "dog" 18 times and "yes" 12 -> "dog", although the questions' single
+    # `multiple_choice_answer` is "yes" twice of three, and the val questions' own answers favour "yes".
+    # Held-out val questions (rest_val_images: 1 puts val image 1 in the evaluation split): "dog" x10 -> 1;
+    # "dog" x2 -> the leave-one-out mean (2 * 1/3 + 8 * 2/3) / 10 = 0.6; no "dog" -> 0. Overall
+    # (1 + 0.6 + 0 + 0) / 4 = 40%; "yes" would score 50%.
+    mixed = ["yes"] * 6 + ["dog"] * 4
+    _vqa_files(tmp_path, "train2014", [(1, ["dog"] * 10), (2, mixed), (3, mixed)])
+    val = [(4, ["dog"] * 10), (5, ["dog"] * 2 + ["cat"] * 8), (6, ["yes"] * 10), (7, ["yes"] * 10)]
+    _vqa_files(tmp_path, "val2014", val)
     options = {"min_answer_count": 1, "rest_val_images": 1}
     out = unit_baseline("vqav2", tmp_path, "val", options=options)
     assert "'dog'" in out["predictor"]
-    assert out["metrics"]["overall"] == pytest.approx(53.33)
-    assert out["num_items"] == 3
-    # Bootstrap over three questions; the plug-in value is sd / sqrt(n) of (1, 0.6, 0).
-    values = [1.0, 0.6, 0.0]
-    sd = math.sqrt(sum((v - 1.6 / 3) ** 2 for v in values) / 3)
-    assert out["stderr"]["overall"] == pytest.approx(100 * sd / math.sqrt(3), rel=0.25)
+    assert out["metrics"]["overall"] == pytest.approx(40.0)
+    assert out["num_items"] == 4
+    # Bootstrap over four questions; the plug-in value is sd / sqrt(n) of (1, 0.6, 0, 0).
+    values = [1.0, 0.6, 0.0, 0.0]
+    sd = math.sqrt(sum((v - 0.4) ** 2 for v in values) / 4)
+    assert out["stderr"]["overall"] == pytest.approx(100 * sd / math.sqrt(4), rel=0.25)
 
 
 def _karpathy(root, entries):
@@ -120,17 +125,22 @@ def _karpathy(root, entries):
 
 
 def test_captioning_constant_caption_with_the_official_scorer(tmp_path):
-    # "a dog on grass" describes three of the four training images, every other caption one: it is the caption
-    # that suits most training images. On the test images, whose references all contain it word for word,
-    # BLEU-1 is 1 (every word matched, hypothesis as long as the closest reference).
+    # "a dog on grass" describes three of the five training images: it is the caption that suits most training
+    # images, although "xyzzy plugh", four references of one image, is the most frequent one (chosen by frequency
+    # alone, it would be the baseline). On the test images, whose references all contain "a dog on grass" word
+    # for word, BLEU-1 is 1 (every word matched, hypothesis as long as the closest reference).
     dog = "a dog on grass"
     train = [("train", [dog, f"picture number {i}"]) for i in range(3)] + [("restval", ["a red car parked"])]
+    train += [("train", ["xyzzy plugh"] * 4)]
     test = [("test", [dog, "a brown dog outside"]), ("test", [dog, "grass and a dog"]), ("test", [dog, "dog"])]
     _karpathy(tmp_path, train + test)
     out = unit_baseline("coco_captioning", tmp_path, "test")
     assert repr(dog) in out["predictor"]
     assert out["metrics"]["BLEU_1"] == pytest.approx(1.0, abs=1e-6)
-    assert out["num_items"] == 3 and out["stderr"]["CIDEr"] >= 0
+    # Every test image has the caption among its references, so each of its n-grams has document frequency
+    # N in any resample: IDF log(N / N) = 0, and CIDEr is 0 on the set and on every bootstrap resample.
+    assert out["metrics"]["CIDEr"] == 0.0 and out["stderr"]["CIDEr"] == 0.0
+    assert out["num_items"] == 3
 
 
 def test_retrieval_random_ranking_closed_form_by_hand():
@@ -149,7 +159,7 @@ def test_retrieval_closed_form_matches_the_scorer_on_random_rankings():
     counts = [1, 2, 1, 3, 1, 1, 2, 1, 1, 2, 1, 1]  # 12 images, 17 captions
     expected = random_ranking_recall(counts)
     text_to_image = torch.tensor([row for row, m in enumerate(counts) for _ in range(m)])
-    generator = torch.Generator().manual_seed(0)
+    generator = torch.Generator().manual_seed(1)  # not the stderr simulation's seed (0): independent draws
     draws = [retrieval_recall(torch.rand(12, 17, generator=generator), text_to_image) for _ in range(1500)]
     for name in ("tr_r1", "tr_r5", "ir_r1", "ir_r10", "average_score"):
         values = [d[name] for d in draws]

@@ -6,6 +6,7 @@ import torch
 import beit3_core
 from beit3_core.checkpoint import export_released_checkpoint
 from evaluation.dense import DenseConfig, build_dense_backbone, default_out_indices
+from evaluation.dense.features import block_feature_maps
 from evaluation.finetune.weights import initialise
 from evaluation.tasks import layer_decay_groups
 
@@ -103,6 +104,19 @@ def test_released_weights_load_strictly_and_run_at_any_size(tmp_path):
     with torch.no_grad():
         levels = model.eval()(torch.randn(1, 3, 512, 320))
     assert levels["p4"].shape == (1, 64, 32, 20)
+
+
+def test_beit2_pyramid_takes_the_blocks_in_order():
+    # BEiT v2's pyramid: p4 is the third chosen block's map as it is, p5 the fourth's max-pooled 2 x 2; the blocks
+    # of one model differ, so feeding them in another order shows.
+    model = build_dense_backbone("beit3_tiny", DenseConfig(), **SMALL).eval()
+    image = torch.randn(1, 3, 64, 96)
+    with torch.no_grad():
+        levels = model(image)
+        maps = block_feature_maps(model.beit3, image, model.out_indices)
+    torch.testing.assert_close(levels["p4"], maps[2])
+    torch.testing.assert_close(levels["p5"], torch.nn.functional.max_pool2d(maps[3], 2))
+    assert not torch.allclose(maps[2], maps[3])
 
 
 def test_layer_decay_covers_blocks_and_puts_the_pyramid_on_top():

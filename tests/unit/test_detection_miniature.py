@@ -34,9 +34,14 @@ def test_written_instances_match_the_scenes(tmp_path):
     checked, coco_counts = check_instances(data, "instances_val2017.json")
     assert coco_counts["images"] == 12 and coco_counts["crowd"] == counts["crowd"]
     assert [c["id"] for c in data["categories"]] == [1, 3]
-    masks = [inst.mask for scene in scenes for inst in scene.instances]
-    assert len(checked["annotations"]) == len(masks) - counts["skipped_without_polygon"]
-    for ann, mask in zip(checked["annotations"], masks, strict=False):
+    instances = [(number, inst) for number, scene in enumerate(scenes, 1) for inst in scene.instances]
+    assert counts["skipped_without_polygon"] == 0 and len(checked["annotations"]) == len(instances)
+    file_of = {image["id"]: image["file_name"] for image in data["images"]}
+    for ann, (number, inst) in zip(checked["annotations"], instances, strict=True):
+        mask = inst.mask
+        # Ids 2 i + 1 (1 and 3): non-contiguous on purpose, as COCO's are, so id and index cannot be confused.
+        assert ann["category_id"] == {"animals": 1, "food": 3}[inst.category]
+        assert file_of[ann["image_id"]] == f"{number:012d}.jpg"  # the scene's own picture
         decoded = decode_segmentation(ann["segmentation"], *mask.shape)
         iou = (decoded & mask).sum() / (decoded | mask).sum()
         assert iou > 0.95 and ann["area"] == mask.sum()  # outlines fill the holes of a cut-out

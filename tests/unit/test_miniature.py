@@ -135,6 +135,32 @@ def test_vqa_answers_come_from_a_closed_set(built):
     }
 
 
+def test_vqa_answers_are_right_for_their_pictures(built):
+    root = built["out_root"] / "vqav2"
+    coco = json.loads((built["out_root"] / "coco" / "dataset_coco.json").read_text())["images"]
+    kind_of = {image["cocoid"]: image["stamp"].split("/")[0] for image in coco}
+    answer = {"animals": "animal", "food": "food"}
+    phrase = {"animals": "Is this an animal?", "food": "Is this food?"}
+    seen = {"what kind": 0, "is this": 0, "what color": 0}
+    for subtype in ("train2014", "val2014"):
+        questions = json.loads((root / f"v2_OpenEnded_mscoco_{subtype}_questions.json").read_text())["questions"]
+        text = {q["question_id"]: q["question"] for q in questions}
+        annotations = json.loads((root / f"v2_mscoco_{subtype}_annotations.json").read_text())["annotations"]
+        for a in annotations:
+            kind, given = kind_of[a["image_id"]], a["multiple_choice_answer"]
+            if a["question_type"] == "what kind":
+                assert given == answer[kind], a
+            elif a["question_type"] == "is this":
+                asked = next(k for k, q in phrase.items() if q == text[a["question_id"]])
+                assert given == ("yes" if asked == kind else "no"), (a, text[a["question_id"]])
+            else:  # the colour of the very JPEG the VQA images folder holds
+                jpeg = (root / subtype / f"COCO_{subtype}_{a['image_id']:012d}.jpg").read_bytes()
+                assert given == dominant_colour(jpeg), a
+            assert {x["answer"] for x in a["answers"]} == {given}
+            seen[a["question_type"]] += 1
+    assert min(seen.values()) > 0 and seen["what kind"] == seen["is this"] == seen["what color"]
+
+
 def test_nlvr2_labels_follow_the_kinds_of_the_pictures(built):
     kind_of = {
         "bag": "bag",

@@ -123,10 +123,11 @@ def test_roi_align_empty_and_bad_rois():
 
 
 def test_level_of_boxes_follows_the_fpn_rule():
-    # sqrt(area) 224 -> level 4; 112 -> 3; 448 -> 5; 10 -> clamped to 2; 2000 -> clamped to 5.
-    sides = torch.tensor([224.0, 112.0, 448.0, 10.0, 2000.0])
-    boxes = torch.stack([torch.zeros(5), torch.zeros(5), sides, sides], dim=1)
-    assert level_of_boxes(boxes, 2, 5).tolist() == [4, 3, 5, 2, 5]
+    # sqrt(area) 224 -> level 4; 112 -> 3; 448 -> 5; 10 -> clamped to 2; 2000 -> clamped to 5; the floor of
+    # 4 + log2(side / 224): 200 -> 3.84 -> 3 and 400 -> 4.84 -> 4 (rounding would give 4 and 5).
+    sides = torch.tensor([224.0, 112.0, 448.0, 10.0, 2000.0, 200.0, 400.0])
+    boxes = torch.stack([torch.zeros(7), torch.zeros(7), sides, sides], dim=1)
+    assert level_of_boxes(boxes, 2, 5).tolist() == [4, 3, 5, 2, 5, 3, 4]
 
 
 def test_one_box_per_map_path_matches_bruteforce():
