@@ -93,7 +93,13 @@ def test_first_run_tunes_and_evaluates_zero_shot(first_run, prefect_states):
     assert prefect_states(first_run["flow_run_id"]) == {label: "Completed" for label in STEPS | {"report"}}
     results = json.loads((Path(first_run["run_dir"]) / "results.json").read_text())
     metrics = results["benchmarks"][UNIT]["metrics"]
-    assert metrics["num_images"] == 3 and metrics["img_size"] == 224 and 0 <= metrics["tr_r1"] <= 100
+    assert metrics["num_images"] == 3 and metrics["img_size"] == 224
+    # Three images with one caption each: R@5 covers all of them, R@1 is a whole number of hits out of three.
+    assert metrics["tr_r5"] == metrics["ir_r5"] == 100.0
+    assert metrics["tr_r1"] * 3 / 100 == pytest.approx(round(metrics["tr_r1"] * 3 / 100))
+    # Zero-shot evaluates the ITC step's model, never the MDM checkpoint it was tuned from.
+    (itc_final,) = (Path(first_run["run_dir"]) / "itc").glob("itc-*/final/model.safetensors")
+    assert results["benchmarks"][UNIT]["checkpoint"] == str(itc_final) != results["pretrain"]["checkpoint"]
     # Its trivial baseline: a random ranking of the same three images, one caption each -> R@1 = 1/3.
     baseline = results["benchmarks"][UNIT]["baseline"]
     assert [baseline["metrics"][m] for m in ("tr_r1", "ir_r1")] == pytest.approx([100 / 3, 100 / 3])
@@ -115,7 +121,6 @@ def test_first_run_tunes_and_evaluates_zero_shot(first_run, prefect_states):
     itc_run = next(c for c in children if c.data.tags["beit3.step"] == "itc")
     assert "loss" in itc_run.data.metrics and "final_chance_i2t" in itc_run.data.metrics
     # The retrieval fine-tune started from the ITC step's model, not from the MDM checkpoint.
-    (itc_final,) = itc_dir.glob("itc-*/final/model.safetensors")
     retrieval = results["benchmarks"]["flickr30k_retrieval"]
     assert retrieval["init_checkpoint"] == str(itc_final) != results["pretrain"]["checkpoint"]
     assert retrieval["metrics"]["num_images"] == 2
