@@ -16,6 +16,7 @@ from beit3_core.text_tokenizer import XLMRTokenizer, train_sentencepiece
 from evaluation.miniature import build_miniature_benchmarks, dominant_colour
 from evaluation.tasks import TASKS, get_task
 
+FASHION_CLASSES = ["bag", "coat", "dress", "sandal", "shirt", "trouser"]
 NOUNS = ["frog", "ostrich", "hen", "heron", "lark", "duck", "crow", "apple", "tree", "boat", "kite", "cake"]
 REAL_DEMO = Path(__file__).resolve().parents[2] / "data" / "demo"
 SIZES = dict(
@@ -59,7 +60,7 @@ def _fake_demo(root: Path) -> Path:
         (root / "emoji" / name).write_bytes(_png((i * 8, 50, 90)))
         rows.append({"image": name, "caption": f"symbol {NOUNS[i % len(NOUNS)]}", "codepoint": f"U+{0x1F300 + i:04X}"})
     (root / "emoji" / "pairs.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
-    for c, name in enumerate(["bag", "coat", "dress", "sandal", "shirt", "trouser"]):
+    for c, name in enumerate(FASHION_CLASSES):
         (root / "fashion_mnist" / name).mkdir(parents=True)
         for k in range(7):
             (root / "fashion_mnist" / name / f"train_{c * 100 + k:05d}.png").write_bytes(_png((c * 40, k * 30, 0)))
@@ -174,6 +175,14 @@ def test_nlvr2_labels_follow_the_kinds_of_the_pictures(built):
     for split in ("train", "dev", "test1"):
         for line in (built["out_root"] / "nlvr2" / "nlvr2" / "data" / f"{split}.json").read_text().splitlines():
             row = json.loads(line)
+            # Each fake Fashion-MNIST file is coloured (40 c, 30 k, 0) for class c: the pictures written for the
+            # pair must be of the classes its urls name, in the same order.
+            stem = row["identifier"].rsplit("-", 1)[0]
+            folder = f"images/train/{row['directory']}" if split == "train" else split
+            for side, index in (("left", 0), ("right", 1)):
+                with Image.open(built["out_root"] / "nlvr2" / folder / f"{stem}-img{index}.png") as image:
+                    drawn = FASHION_CLASSES[image.convert("RGB").getpixel((0, 0))[0] // 40]
+                assert row[f"{side}_url"] == f"fashion_mnist/{drawn}", row
             left, right = (kind_of[row[f"{side}_url"].split("/")[1]] for side in ("left", "right"))
             sentence, shoes = row["sentence"], (left == "shoe", right == "shoe")
             truth = {
