@@ -78,6 +78,21 @@ def test_positions_are_resized_bicubically_to_the_input_grid():
     resized = vision_positions(model.beit3, 5, 9)[0]
     assert resized.shape == (1 + 45, 64)
     assert torch.allclose(resized[1:], torch.full((45, 64), 0.25), atol=1e-6)
+    # One 1 at cell (7, 7) of the 14 x 14 grid, resized to 28 x 28. With align_corners=False output o reads source
+    # o / 2 - 0.25, so outputs 14, 13, 12, 11 lie 0.25, 0.75, 1.25, 1.75 from source 7, weighted by Keys' cubic
+    # (a = -0.75). Bilinear weights could never be negative.
+    with torch.no_grad():
+        model.beit3.encoder.embed_positions.A.weight[3:] = 0.0
+        model.beit3.encoder.embed_positions.A.weight[3 + 7 * 14 + 7] = 1.0
+    a = -0.75
+
+    def keys(x):
+        return (a + 2) * x**3 - (a + 3) * x**2 + 1 if x <= 1 else a * x**3 - 5 * a * x**2 + 8 * a * x - 4 * a
+
+    up = vision_positions(model.beit3, 28, 28)[0][1:, 0].reshape(28, 28)
+    for col, distance in ((14, 0.25), (13, 0.75), (12, 1.25), (11, 1.75)):
+        assert up[14, col].item() == pytest.approx(keys(0.25) * keys(distance), abs=1e-6), col
+    assert up[13, 13].item() == pytest.approx(keys(0.75) ** 2, abs=1e-6) and up[14, 12] < 0
 
 
 def test_a_two_layer_model_reads_one_block_for_three_levels():
