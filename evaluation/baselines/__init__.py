@@ -11,7 +11,7 @@ over the baseline in those standard errors.
     retrieval    random_ranking_recall (R@K of a random ranking in closed form)
     dense        majority_pixel_class, miou_stderr, majority_category, whole_image_prior, box_ap_stderr
     scratch      random_init_like (the random-initialisation control of a fine-tune)
-    stats        binomial_stderr, bootstrap_stderr, margin, baseline_result
+    stats        binomial_stderr, bootstrap_stderr, margin, baseline_result, paired_difference (seeded pairs)
 
 Each task holds its own baseline (`evaluation.tasks.base.Task.baseline`, built from the modules above);
 `unit_baseline` reads a unit's splits and calls it, `zeroshot_baseline` does the same for a zero-shot retrieval
@@ -22,7 +22,7 @@ unit. Every baseline is a JSON-plain dict:
 """
 
 from evaluation.baselines.predictors import majority_label, most_frequent_answer, ranked_by_frequency
-from evaluation.baselines.stats import baseline_result, binomial_stderr, bootstrap_stderr, margin
+from evaluation.baselines.stats import baseline_result, binomial_stderr, bootstrap_stderr, margin, paired_difference
 from evaluation.baselines.unit import unit_baseline, zeroshot_baseline
 
 __all__ = [
@@ -32,6 +32,7 @@ __all__ = [
     "majority_label",
     "margin",
     "most_frequent_answer",
+    "paired_difference",
     "ranked_by_frequency",
     "unit_baseline",
     "zeroshot_baseline",

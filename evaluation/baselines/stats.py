@@ -61,3 +61,28 @@ def margin(value: float | None, baseline: float | None, stderr: float | None) ->
     if value is None or baseline is None or not stderr:
         return None
     return (value - baseline) / stderr
+
+
+def paired_difference(ours: Sequence[float], other: Sequence[float]) -> dict[str, float | int]:
+    """Means of two runs paired item by item (e.g. one fine-tune per seed, from pretraining and from random
+    initialisation), the mean of their differences with its standard error (sample standard deviation of the
+    differences / sqrt(n); None for one pair) and how many pairs `ours` wins, loses and ties. Values equal up to
+    floating-point rounding (the same recalls summed in another order) are ties."""
+    if len(ours) != len(other) or not ours:
+        raise ValueError(f"paired results need equal, non-zero lengths, got {len(ours)} and {len(other)}")
+    n = len(ours)
+    diffs = [
+        0.0 if math.isclose(a, b, rel_tol=1e-9, abs_tol=1e-12) else a - b for a, b in zip(ours, other, strict=True)
+    ]
+    mean = sum(diffs) / n
+    stderr = math.sqrt(sum((d - mean) ** 2 for d in diffs) / (n - 1) / n) if n > 1 else None
+    return {
+        "n": n,
+        "mean": sum(ours) / n,
+        "other_mean": sum(other) / n,
+        "difference": mean,
+        "difference_stderr": stderr,
+        "wins": sum(d > 0 for d in diffs),
+        "losses": sum(d < 0 for d in diffs),
+        "ties": sum(d == 0 for d in diffs),
+    }

@@ -8,7 +8,14 @@ import pytest
 import torch
 from PIL import Image
 
-from evaluation.baselines import binomial_stderr, bootstrap_stderr, margin, unit_baseline, zeroshot_baseline
+from evaluation.baselines import (
+    binomial_stderr,
+    bootstrap_stderr,
+    margin,
+    paired_difference,
+    unit_baseline,
+    zeroshot_baseline,
+)
 from evaluation.baselines.retrieval import random_ranking_recall
 from evaluation.metrics.retrieval import retrieval_recall
 
@@ -28,6 +35,32 @@ def test_standard_errors_and_margin():
     assert boot == pytest.approx(sd / math.sqrt(len(values)), rel=0.15)
     assert boot == bootstrap_stderr(values, lambda xs: sum(xs) / len(xs))  # seeded
     assert margin(50.0, 20.0, 10.0) == 3.0 and margin(None, 20.0, 1.0) is None and margin(30.0, 20.0, 0.0) is None
+
+
+def test_paired_difference_by_hand():
+    # Differences 4, -2, 7, 3: mean 3, sample variance (1 + 25 + 16 + 0) / 3 = 14, stderr sqrt(14 / 4).
+    got = paired_difference([44.0, 38.0, 50.0, 41.0], [40.0, 40.0, 43.0, 38.0])
+    assert got["n"] == 4 and got["wins"] == 3 and got["losses"] == 1 and got["ties"] == 0
+    assert got["mean"] == pytest.approx(43.25) and got["other_mean"] == pytest.approx(40.25)
+    assert got["difference"] == pytest.approx(3.0) and got["difference_stderr"] == pytest.approx(math.sqrt(3.5))
+    assert paired_difference([1.0], [1.0]) == {
+        "n": 1,
+        "mean": 1.0,
+        "other_mean": 1.0,
+        "difference": 0.0,
+        "difference_stderr": None,
+        "wins": 0,
+        "losses": 0,
+        "ties": 1,
+    }
+    # The same recalls averaged in another order differ in the last bit: a tie, not a win.
+    recalls = [0.1, 0.2, 0.3, 1.0, 5.0, 9.7]
+    forward, backward = sum(recalls) / 6, sum(reversed(recalls)) / 6
+    assert forward != backward
+    tied = paired_difference([forward, 2.0], [backward, 1.0])
+    assert (tied["wins"], tied["losses"], tied["ties"]) == (1, 0, 1)
+    with pytest.raises(ValueError, match="equal"):
+        paired_difference([1.0, 2.0], [1.0])
 
 
 def test_imagenet_majority_against_chance(tmp_path):
