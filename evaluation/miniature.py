@@ -87,9 +87,9 @@ def build_miniature_benchmarks(
             what a fine-tuned tiny model reaches; fewer held-out items than that are used as they are.
         num_nocaps_images: At most this many images in the NoCaps-style files (4/5 val, 1/5 test): the
             `heldout/nocaps/` stamps whose pictures no corpus item nearly repeats (`DemoLimits
-            .nocaps_holdout_every`; off in the demo corpus); without them, the held-out stamps the COCO-style test
-            split leaves over, then the held-out emoji the Flickr-style one leaves over (63 + 90 in the demo
-            corpus), or else corpus stamps.
+            .nocaps_holdout_every`; 51 of the demo corpus's 52); without them, the held-out stamps the COCO-style
+            test split leaves over, then the held-out emoji the Flickr-style one leaves over, or else corpus
+            stamps.
         images_per_class: Fashion-MNIST images per class in the ImageNet-style folders (1/5 go to val).
         num_nlvr2_sets: Sentence sets (two image pairs each) for train, dev and test1; test1 draws its images
             from 1/5 of each class's files that train and dev never use.
