@@ -17,11 +17,14 @@ the mean paired difference with its standard error over seeds, and the seeds pre
 `--set` changes every named unit's fine-tune alike (both arms), to ask the question at another budget or recipe.
 
 Runs, their MLflow store (SQLite) and the summary (`summary.json`) go to `<run_dir>/pretrain_vs_scratch/<name>`
-(`--name`, default `default`: one name per question asked); a run whose metrics file is there already is read,
-not repeated, so an interrupted sweep resumes (a new `--set` needs a new `--name`).
+(`--name`, default `default`: one name per question asked). A finished run records what it ran (the unit, its
+config with `--set`, the initial checkpoint's sha256, the arm and the seed); a rerun reads it back when all of
+these are the same, so an interrupted sweep resumes, and runs it again when any differs (a new pretraining, a
+changed config).
 """
 
 import argparse
+import hashlib
 import json
 import sys
 import threading
@@ -49,25 +52,29 @@ def _say(line: str) -> None:
         print(line, flush=True)
 
 
-def _init_checkpoint(ledger: dict, run_dir: Path, init: str) -> Path:
+def _init_checkpoint(ledger: dict, run_dir: Path, init: str) -> tuple[Path, str]:
+    """The checkpoint of the run directory's last `init` step (`pretrain` or `itc`) and its sha256."""
     output = (ledger.get(init) or {}).get("output") or {}
     checkpoint = Path(output.get("checkpoint") or "")
     if not output or not checkpoint.is_file():
         raise SystemExit(f"{run_dir}: no completed {init} step with its checkpoint on disk; run the pipeline first")
-    return checkpoint
+    return checkpoint, output["checkpoint_sha256"]
 
 
-def _one_run(task: str, config: dict, checkpoint: Path, kind: str, seed: int, root: Path, uri: str) -> float:
-    """The unit's headline metric (published scale) of one fine-tune; read back when it already ran."""
+def _one_run(task: str, config: dict, init: tuple[Path, str], kind: str, seed: int, root: Path, uri: str) -> float:
+    """The unit's headline metric (published scale) of one fine-tune; read back when this very run finished."""
     from evaluation.finetune import run_finetune
 
+    checkpoint, sha256 = init
     out_dir = root / task / f"{kind}-seed{seed}"
     done = out_dir / "metrics.json"
     metric = headline_metrics(task)[0]
-    if not done.is_file():
-        init = checkpoint
+    key = hashlib.sha256(json.dumps([task, config, sha256, kind, seed], sort_keys=True).encode()).hexdigest()
+    record = json.loads(done.read_text()) if done.is_file() else {}
+    if record.get("key") != key:
+        start = checkpoint
         if kind == "scratch":
-            init = random_init_like(checkpoint, out_dir / "random_init.safetensors", seed)
+            start = random_init_like(checkpoint, out_dir / "random_init.safetensors", seed)
         run_config = {k: v for k, v in config.items() if k != "storage_path"}  # these runs keep their own
         run_config = merge(
             run_config,
@@ -77,9 +84,10 @@ def _one_run(task: str, config: dict, checkpoint: Path, kind: str, seed: int, ro
                 "mlflow_experiment": "pretrain-vs-scratch",
             },
         )
-        metrics = run_finetune(task, run_config, str(init))["metrics"]
-        write_text_atomic(done, json.dumps(metrics, indent=2, sort_keys=True, default=float))
-    value = display(task, metric, float(json.loads(done.read_text())[metric]))
+        metrics = run_finetune(task, run_config, str(start))["metrics"]
+        record = {"key": key, "metrics": metrics}
+        write_text_atomic(done, json.dumps(record, indent=2, sort_keys=True, default=float))
+    value = display(task, metric, float(record["metrics"][metric]))
     _say(f"{task} {kind} seed {seed}: {metric} {value:.2f}")
     return value
 
