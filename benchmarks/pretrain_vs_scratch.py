@@ -17,10 +17,10 @@ the mean paired difference with its standard error over seeds, and the seeds pre
 `--set` changes every named unit's fine-tune alike (both arms), to ask the question at another budget or recipe.
 
 Runs, their MLflow store (SQLite) and the summary (`summary.json`) go to `<run_dir>/pretrain_vs_scratch/<name>`
-(`--name`, default `default`: one name per question asked). A finished run records what it ran (the unit, its
-config with `--set`, the initial checkpoint's sha256, the arm and the seed); a rerun reads it back when all of
-these are the same, so an interrupted sweep resumes, and runs it again when any differs (a new pretraining, a
-changed config).
+(`--name`, default `default`: one name per question asked). A finished run records what it ran (the fingerprint
+of its resolved config, so the YAML files it names and the seed, the initial checkpoint's sha256 and the arm); a
+rerun reads it back when all of these are the same, so an interrupted sweep resumes, and runs it again when any
+differs (a new pretraining, an edited config file, another `--set`).
 """
 
 import argparse
@@ -41,7 +41,7 @@ from flows.overrides import add_override_argument, parse_overrides  # noqa: E402
 from flows.settings import Settings, ensure_ray  # noqa: E402
 from flows.steps.config import benchmark_config, load_pipeline_config, resolve_preprocess  # noqa: E402
 from flows.steps.reference import display, headline_metrics  # noqa: E402
-from flows.steps.runner import Ledger  # noqa: E402
+from flows.steps.runner import Ledger, MissingStepOutput  # noqa: E402
 
 KINDS = ("pretrained", "scratch")
 _print_lock = threading.Lock()
@@ -52,38 +52,41 @@ def _say(line: str) -> None:
         print(line, flush=True)
 
 
-def _init_checkpoint(ledger: dict, run_dir: Path, init: str) -> tuple[Path, str]:
+def _init_checkpoint(ledger: Ledger, init: str) -> tuple[Path, str]:
     """The checkpoint of the run directory's last `init` step (`pretrain` or `itc`) and its sha256."""
-    output = (ledger.get(init) or {}).get("output") or {}
-    checkpoint = Path(output.get("checkpoint") or "")
-    if not output or not checkpoint.is_file():
-        raise SystemExit(f"{run_dir}: no completed {init} step with its checkpoint on disk; run the pipeline first")
-    return checkpoint, output["checkpoint_sha256"]
+    try:
+        output = ledger.last_completed(init)["output"]
+    except MissingStepOutput as error:
+        raise SystemExit(f"{ledger.path}: {error}") from error
+    return Path(output["checkpoint"]), output["checkpoint_sha256"]
 
 
 def _one_run(task: str, config: dict, init: tuple[Path, str], kind: str, seed: int, root: Path, uri: str) -> float:
     """The unit's headline metric (published scale) of one fine-tune; read back when this very run finished."""
-    from evaluation.finetune import run_finetune
+    from evaluation.finetune import build_finetune_config, run_finetune
 
     checkpoint, sha256 = init
     out_dir = root / task / f"{kind}-seed{seed}"
     done = out_dir / "metrics.json"
     metric = headline_metrics(task)[0]
-    key = hashlib.sha256(json.dumps([task, config, sha256, kind, seed], sort_keys=True).encode()).hexdigest()
+    run_config = {k: v for k, v in config.items() if k != "storage_path"}  # these runs keep their own
+    run_config = merge(
+        run_config,
+        {
+            "run": {"seed": seed, "output_dir": str(out_dir), "storage_path": str(root / "ray")},
+            "mlflow_tracking_uri": uri,
+            "mlflow_experiment": "pretrain-vs-scratch",
+        },
+    )
+    # What shapes the result: the resolved config (the YAML files it names read now, the seed), the initial
+    # checkpoint's content and the arm. A finished run with another key is run again, never read back.
+    resolved = build_finetune_config(task, run_config).fingerprint()
+    key = hashlib.sha256(json.dumps([resolved, sha256, kind]).encode()).hexdigest()
     record = json.loads(done.read_text()) if done.is_file() else {}
     if record.get("key") != key:
         start = checkpoint
         if kind == "scratch":
             start = random_init_like(checkpoint, out_dir / "random_init.safetensors", seed)
-        run_config = {k: v for k, v in config.items() if k != "storage_path"}  # these runs keep their own
-        run_config = merge(
-            run_config,
-            {
-                "run": {"seed": seed, "output_dir": str(out_dir), "storage_path": str(root / "ray")},
-                "mlflow_tracking_uri": uri,
-                "mlflow_experiment": "pretrain-vs-scratch",
-            },
-        )
         metrics = run_finetune(task, run_config, str(start))["metrics"]
         record = {"key": key, "metrics": metrics}
         write_text_atomic(done, json.dumps(record, indent=2, sort_keys=True, default=float))
@@ -109,7 +112,7 @@ def main() -> int:
     unknown = set(args.units or ()) - {b.task for b in cfg.benchmarks}
     if unknown:
         raise SystemExit(f"{args.config}: no benchmark {sorted(unknown)}; it has {[b.task for b in cfg.benchmarks]}")
-    ledger = Ledger(run_dir).read()
+    ledger = Ledger(run_dir)
     root = run_dir / "pretrain_vs_scratch" / args.name
     uri = f"sqlite:///{(root / 'mlflow.db').resolve()}"
     root.mkdir(parents=True, exist_ok=True)
@@ -118,7 +121,7 @@ def main() -> int:
         (b.task, kind, seed): (
             b.task,
             merge(benchmark_config(b, cfg, pre_cfg), overrides),
-            _init_checkpoint(ledger, run_dir, b.init),
+            _init_checkpoint(ledger, b.init),
         )
         for b in benchmarks
         for seed in args.seeds
@@ -131,21 +134,19 @@ def main() -> int:
             for key, (task, config, ckpt) in jobs.items()
         }
         values = {key: future.result() for key, future in futures.items()}
-    summary = {"overrides": overrides}
+    units = {}
     for b in benchmarks:
         runs = {kind: [values[(b.task, kind, s)] for s in args.seeds] for kind in KINDS}
-        summary[b.task] = {
+        units[b.task] = {
             "metric": headline_metrics(b.task)[0],
             "init": b.init,
             "seeds": args.seeds,
             **runs,
             "paired": paired_difference(runs["pretrained"], runs["scratch"]),
         }
-    write_text_atomic(root / "summary.json", json.dumps(summary, indent=2))
+    write_text_atomic(root / "summary.json", json.dumps({"overrides": overrides, "units": units}, indent=2))
     print("unit | metric | pretrained, by seed | scratch, by seed | means | difference +- stderr | won / lost / tied")
-    for task, row in summary.items():
-        if task == "overrides":
-            continue
+    for task, row in units.items():
         p = row["paired"]
         stderr = "-" if p["difference_stderr"] is None else f"{p['difference_stderr']:.2f}"
         print(

@@ -23,7 +23,7 @@ from beit3_core.text_tokenizer import XLMRTokenizer  # noqa: E402
 from beit3_core.train.model_setup import build_pretraining_model  # noqa: E402
 from evaluation.zeroshot import evaluate_zeroshot  # noqa: E402
 from flows.steps.config import load_pipeline_config, resolve_pretrain  # noqa: E402
-from flows.steps.runner import Ledger  # noqa: E402
+from flows.steps.runner import Ledger, MissingStepOutput  # noqa: E402
 
 KEYS = ("tr_r1", "tr_r5", "tr_r10", "ir_r1", "ir_r5", "ir_r10")
 
@@ -35,9 +35,10 @@ def main() -> int:
     cfg = load_pipeline_config(args.config)
     run_dir = cfg.run_dir
     # The ITC checkpoint the pipeline's last `itc` step produced (the run directory's ledger), not any earlier one.
-    itc_out = (Ledger(run_dir).read().get("itc") or {}).get("output")
-    if not itc_out or not Path(itc_out["checkpoint"]).is_file():
-        raise SystemExit(f"{run_dir}: no completed itc step with its checkpoint on disk; run the pipeline first")
+    try:
+        itc_out = Ledger(run_dir).last_completed("itc")["output"]
+    except MissingStepOutput as error:
+        raise SystemExit(f"{run_dir}: {error}") from error
     itc_ckpt = Path(itc_out["checkpoint"])
     itc_cfg = resolve_pretrain(cfg, "sqlite://", None, "itc")
     itc_cfg.model.init_checkpoint = itc_out["pretrain_checkpoint"]

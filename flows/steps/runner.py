@@ -109,6 +109,21 @@ class Ledger:
         self.path.parent.mkdir(parents=True, exist_ok=True)
         write_text_atomic(self.path, json.dumps({"steps": steps}, indent=2, sort_keys=True, default=str))
 
+    def last_completed(self, label: str, why: str = "") -> dict:
+        """Step `label`'s ledger entry (`output`, `key`, ...) when its last run completed and every file its output
+        names is still on disk; otherwise MissingStepOutput saying which (`why`, e.g. "was not selected", is said of
+        the step first)."""
+        last = self.read().get(label)
+        lead = f"step {label} {why} and" if why else f"step {label}"
+        if not last or "output" not in last:
+            raise MissingStepOutput(f"{lead} has never completed: run it first")
+        if last["state"] == "Failed":
+            raise MissingStepOutput(f"{lead} failed in its last run: run it first")
+        if missing := missing_files(last["output"]):
+            owner = f"{lead} its" if why else f"step {label}'s"
+            raise MissingStepOutput(f"{owner} output {missing[0]} is gone: run it first")
+        return last
+
 
 class StepLogs(logging.Handler):
     """Every log record of this flow run, to a file and per step (by Prefect's task run name = step label)."""
@@ -235,12 +250,6 @@ class StepRunner:
         return output
 
     def _last_output(self, label: str) -> Any:
-        last = self.ledger.read().get(label)
-        if not last or "output" not in last:
-            raise MissingStepOutput(f"step {label} was not selected and has never completed: run it first")
-        if last["state"] == "Failed":
-            raise MissingStepOutput(f"step {label} was not selected and failed in its last run: run it first")
-        if missing := missing_files(last["output"]):
-            raise MissingStepOutput(f"step {label} was not selected and its output {missing[0]} is gone: run it first")
+        last = self.ledger.last_completed(label, "was not selected")
         self.states[label] = {"state": "Skipped", "key": last.get("key")}
         return last["output"]

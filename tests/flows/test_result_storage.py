@@ -16,7 +16,7 @@ from flows.settings import Settings
 from flows.steps.cache import result_storage
 from flows.steps.config import Execution
 from flows.steps.keys import step_key
-from flows.steps.runner import MissingStepOutput, Selection, StepRunner
+from flows.steps.runner import Ledger, MissingStepOutput, Selection, StepRunner
 
 CALLS: list[str] = []
 
@@ -147,6 +147,13 @@ def test_a_skipped_step_whose_file_is_gone_is_an_error(run, tmp_path, no_storage
     (run_dir / "out" / "a.txt").unlink()
     with pytest.raises(MissingStepOutput, match=r"step preprocess was not selected and its output .*a\.txt is gone"):
         run(run_dir, only=["report"])
+    # The scripts that read a run directory's checkpoints (benchmarks/) ask the same ledger, without a `why`.
+    ledger = Ledger(run_dir)
+    with pytest.raises(MissingStepOutput, match=r"step preprocess's output .*a\.txt is gone"):
+        ledger.last_completed("preprocess")
+    with pytest.raises(MissingStepOutput, match=r"step itc has never completed"):
+        ledger.last_completed("itc")
+    assert ledger.last_completed("report")["output"] == ledger.read()["report"]["output"]
 
 
 @flow
