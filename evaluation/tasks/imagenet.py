@@ -45,9 +45,13 @@ from evaluation.tasks.data import check_split, load_rgb, random_resized_crop, wr
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
+# Input normalisation: (mean, std). "imagenet" is the release's for ImageNet-1k; "inception" (mean = std = 0.5) is
+# what its vision-language tasks and our pretraining use (beit3_core.data.views).
+NORMALIZATIONS = {"imagenet": (IMAGENET_MEAN, IMAGENET_STD), "inception": ((0.5,) * 3, (0.5,) * 3)}
 IMAGE_SUFFIXES = (".jpeg", ".jpg", ".png", ".bmp", ".webp", ".ppm", ".tif", ".tiff")
 SPLIT_DIRS = {"train": "train", "val": "val", "test": "val"}
 HEAD_INIT_SCALE = 1e-3
+DEFAULT_CROP_SCALE = (0.08, 1.0)  # timm's RandomResizedCrop area range, which the release keeps
 
 _COMMON = dict(img_size=224, epochs=50, warmup_epochs=5, batch_size=1024, weight_decay=0.05, label_smoothing=0.1)
 _COMMON |= dict(mixup=0.8, cutmix=1.0, randaug="rand-m9-mstd0.5-inc1", reprob=0.25, crop_pct=1.0, min_lr=1e-6)
@@ -126,6 +130,10 @@ class ImageNetDataset(Dataset):
     Args:
         randaug: A timm RandAugment string ("rand-m9-mstd0.5-inc1"); False, None or "" = off.
         reprob: Random-erasing probability; 0 = off.
+        crop_scale: Area range of the training RandomResizedCrop (timm's `scale`; the release keeps timm's
+            default (0.08, 1.0)).
+        normalize: A `NORMALIZATIONS` key: "imagenet" (the release's) or "inception" (mean = std = 0.5, the
+            pretraining's input).
     """
 
     def __init__(
@@ -136,8 +144,17 @@ class ImageNetDataset(Dataset):
         crop_pct: float = 1.0,
         randaug: str | bool | None = RECIPES["base"]["randaug"],
         reprob: float = RECIPES["base"]["reprob"],
+        crop_scale: Sequence[float] = DEFAULT_CROP_SCALE,
+        normalize: str = "imagenet",
     ):
         self.root, self.split, self.img_size, self.crop_pct = Path(root), split, img_size, crop_pct
+        if len(crop_scale) != 2 or not 0 < crop_scale[0] <= crop_scale[1] <= 1:
+            raise ValueError(f"crop_scale must be (min, max) with 0 < min <= max <= 1, got {crop_scale}")
+        self.crop_scale = (float(crop_scale[0]), float(crop_scale[1]))
+        if normalize not in NORMALIZATIONS:
+            raise ValueError(f"normalize must be one of {sorted(NORMALIZATIONS)}, got {normalize!r}")
+        mean, std = NORMALIZATIONS[normalize]
+        self.mean_3, self.std_3 = torch.tensor(mean), torch.tensor(std)
         self.classes = list_classes(root)
         self.items = index_split(root, split)
         if randaug is True:
@@ -145,7 +162,7 @@ class ImageNetDataset(Dataset):
         if not 0 <= reprob <= 1:
             raise ValueError(f"reprob must lie in [0, 1], got {reprob}")
         train = split == "train"
-        fill = tuple(min(255, round(255 * m)) for m in IMAGENET_MEAN)  # timm's `img_mean`
+        fill = tuple(min(255, round(255 * m)) for m in mean)  # timm's `img_mean`
         augment = rand_augment(randaug, fill) if randaug else None  # parsed for every split: bad strings fail
         self.randaug = augment if train else None
         self.erasing = RandomErasing(prob=reprob) if train and reprob > 0 else None
@@ -161,14 +178,14 @@ class ImageNetDataset(Dataset):
         rel_path, label = self.items[index]
         image = load_rgb(self.root / rel_path)
         if self.split == "train":
-            rendered = random_resized_crop(image, self.img_size, scale=(0.08, 1.0))
+            rendered = random_resized_crop(image, self.img_size, scale=self.crop_scale)
         else:
             rendered = _resize_center_crop(image, self.img_size, self.crop_pct)
         rng = torch_rng() if self.randaug is not None or self.erasing is not None else None
         if self.randaug is not None:
             rendered = np.asarray(self.randaug(Image.fromarray(rendered), rng))
         x = torch.from_numpy(rendered.copy()).permute(2, 0, 1).float() / 255  # [3, S, S]
-        x = (x - torch.tensor(IMAGENET_MEAN)[:, None, None]) / torch.tensor(IMAGENET_STD)[:, None, None]
+        x = (x - self.mean_3[:, None, None]) / self.std_3[:, None, None]
         if self.erasing is not None:
             x = self.erasing(x, rng)
         return {"image": x, "label": label, "image_id": rel_path}

@@ -232,3 +232,37 @@ def test_posterize_accepts_the_whole_increasing_range(bits):
         assert np.array_equal(out, np.asarray(image))
     else:
         assert len(np.unique(out)) == 2**bits
+
+
+def test_imagenet_crop_scale_bounds_the_train_crop(imagenet_root):
+    # A crop of the whole area of a square image is the whole image (timm's sampler falls back to it), so with
+    # crop_scale (1, 1) every training sample is the eval image or its mirror; timm's default range crops.
+    val = IMAGENET.dataset("val", imagenet_root, None, 32)[0]["image"]
+    whole = IMAGENET.dataset("train", imagenet_root, None, 32, randaug=False, reprob=0.0, crop_scale=(1.0, 1.0))
+    default = IMAGENET.dataset("train", imagenet_root, None, 32, randaug=False, reprob=0.0)
+    torch.manual_seed(0)
+    for _ in range(6):
+        image = whole[0]["image"]
+        assert torch.allclose(image, val, atol=1e-6) or torch.allclose(image, val.flip(-1), atol=1e-6)
+    cropped = [default[0]["image"] for _ in range(6)]
+    assert not all(torch.allclose(x, val, atol=1e-2) or torch.allclose(x, val.flip(-1), atol=1e-2) for x in cropped)
+    for bad in ((0.0, 1.0), (0.5, 0.4), (0.5, 1.2), (0.5,)):
+        with pytest.raises(ValueError, match="crop_scale"):
+            IMAGENET.dataset("train", imagenet_root, None, 32, crop_scale=bad)
+
+
+def test_imagenet_normalizations(tmp_path):
+    # One flat colour: every pixel maps to (v / 255 - mean) / std of the chosen constants.
+    for split in ("train", "val"):
+        (tmp_path / split / "n01").mkdir(parents=True)
+        Image.new("RGB", (40, 40), (255, 0, 51)).save(tmp_path / split / "n01" / "a.png")
+    expected = {
+        "imagenet": [(1 - 0.485) / 0.229, (0 - 0.456) / 0.224, (0.2 - 0.406) / 0.225],
+        "inception": [1.0, -1.0, 0.2 * 2 - 1],
+    }
+    for normalize, values in expected.items():
+        image = IMAGENET.dataset("val", tmp_path, None, 32, normalize=normalize)[0]["image"]
+        assert torch.allclose(image, torch.tensor(values)[:, None, None].expand(3, 32, 32), atol=1e-5), normalize
+    assert IMAGENET.dataset("train", tmp_path, None, 32, normalize="inception").randaug.fill == (128, 128, 128)
+    with pytest.raises(ValueError, match="normalize"):
+        IMAGENET.dataset("val", tmp_path, None, 32, normalize="clip")
