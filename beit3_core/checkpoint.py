@@ -11,6 +11,8 @@ bicubic over the patch grid, align_corners=False). Loading never unpickles arbit
 import argparse
 import json
 import logging
+import shutil
+import struct
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -242,7 +244,28 @@ def save_checkpoint(
     if isinstance(model, BEiT3ForMDM):
         header["loss_weights"] = json.dumps(model.loss_weights)
     header |= metadata or {}
-    return _atomic_write(Path(path), lambda tmp: save_file(state, tmp, metadata=header))
+    return _atomic_write(Path(path), lambda tmp: _save_canonical(state, tmp, header))
+
+
+def _save_canonical(state: dict[str, torch.Tensor], path: str, metadata: dict[str, str]) -> None:
+    """`save_file`, with the JSON header's keys sorted: the same tensors and metadata give the same bytes.
+
+    safetensors writes the `__metadata__` entries in hash-map order, which varies from process to process, and
+    every step downstream of a checkpoint is keyed by the file's sha256; an identical rerun must keep those keys.
+    The tensor data (already laid out in a fixed order) is copied unchanged; `data_offsets` are relative to it.
+    """
+    raw = path + ".raw"
+    try:
+        save_file(state, raw, metadata=metadata)
+        with open(raw, "rb") as src, open(path, "wb") as dst:
+            (length,) = struct.unpack("<Q", src.read(8))
+            header = json.loads(src.read(length))
+            text = json.dumps(header, sort_keys=True, separators=(",", ":"), ensure_ascii=False).encode()
+            text += b" " * (-len(text) % 8)  # the data stays 8-byte aligned, as safetensors pads it
+            dst.write(struct.pack("<Q", len(text)) + text)
+            shutil.copyfileobj(src, dst, 1 << 24)
+    finally:
+        Path(raw).unlink(missing_ok=True)
 
 
 def read_checkpoint_metadata(path: str | Path) -> dict[str, str]:

@@ -172,3 +172,21 @@ def test_foreign_safetensors_file_is_rejected(tmp_path):
     save_file({"x": torch.zeros(1)}, tmp_path / "other.safetensors")
     with pytest.raises(ValueError, match="other.safetensors: not a beit3-workflow"):
         beit3_core.load_checkpoint(tmp_path / "other.safetensors")
+
+
+def test_same_weights_and_metadata_give_the_same_file_bytes(small_model, tmp_path):
+    # Steps downstream of a checkpoint are keyed by its sha256: an identical rerun must not change it, although
+    # safetensors itself writes the metadata entries in a different order from call to call.
+    import hashlib
+    import struct
+
+    metadata = {f"field{i}": str(i) for i in range(8)}
+    digests = set()
+    for attempt in range(6):
+        path = beit3_core.save_checkpoint(small_model, tmp_path / f"{attempt}.safetensors", metadata=metadata)
+        digests.add(hashlib.sha256(path.read_bytes()).hexdigest())
+    assert len(digests) == 1
+    header_length = struct.unpack("<Q", path.read_bytes()[:8])[0]
+    assert header_length % 8 == 0  # tensor data stays 8-byte aligned
+    assert beit3_core.checkpoint.read_checkpoint_metadata(path)["field7"] == "7"
+    assert not [p.name for p in tmp_path.iterdir() if p.name.startswith("_tmp.")]
