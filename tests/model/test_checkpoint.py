@@ -1,4 +1,6 @@
+import hashlib
 import pickle
+import struct
 
 import pytest
 import torch
@@ -177,9 +179,6 @@ def test_foreign_safetensors_file_is_rejected(tmp_path):
 def test_same_weights_and_metadata_give_the_same_file_bytes(small_model, tmp_path):
     # Steps downstream of a checkpoint are keyed by its sha256: an identical rerun must not change it, although
     # safetensors itself writes the metadata entries in a different order from call to call.
-    import hashlib
-    import struct
-
     metadata = {f"field{i}": str(i) for i in range(8)}
     digests = set()
     for attempt in range(6):
